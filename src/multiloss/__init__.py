@@ -1,0 +1,23 @@
+"""multiloss: train one Keras 3 model on several losses, balanced.
+
+- `MultiLossModel`: a `keras.Model` whose loss terms are named tasks.
+- `CombinedLoss`: several losses on one output, each its own task.
+- `multiloss.weighting`: balancers from loss values.
+- `multiloss.callbacks`: `WeightSchedule`.
+"""
+
+from multiloss import balancer, callbacks, weighting
+from multiloss.losses import CombinedLoss
+from multiloss.model import MultiLossModel
+from multiloss.tasks import ADDED_LOSS
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ADDED_LOSS",
+    "CombinedLoss",
+    "MultiLossModel",
+    "balancer",
+    "callbacks",
+    "weighting",
+]

@@ -1,0 +1,279 @@
+"""`MultiLossModel`: a Keras model trained on several named losses."""
+
+import dataclasses
+
+import keras
+from keras import ops
+
+from multiloss import _keras
+from multiloss import balancer as balancer_module
+from multiloss.logs import TaskMetrics
+from multiloss.tasks import check_compile_arguments, resolve_tasks
+
+__all__ = ["MultiLossModel"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _CompileArgs:
+    """What `compile` got beyond Keras's own arguments (a plain object, so
+    Keras's attribute tracking leaves it alone)."""
+
+    loss: object
+    loss_weights: object
+    balancer: object  # as given: None, an alias, or a Balancer (saved in the config)
+    resolved_balancer: object  # the Balancer it names
+
+
+@keras.saving.register_keras_serializable(package="multiloss")
+class MultiLossModel(keras.Model):
+    """A `keras.Model` that trains on several named losses, balanced.
+
+    Build it like any Keras model, functionally (`MultiLossModel(inputs,
+    outputs)`, outputs a dict or a list) or by subclassing, and compile it
+    with Keras's arguments plus `balancer=`. Each loss term is a **task**:
+
+    - the loss of each output (named after the output);
+    - each component of a `multiloss.CombinedLoss` (named after the
+      component in a single-output model, `<output>_<component>` otherwise);
+    - `added_loss`: what the layers add with `add_loss`, and weight
+      regularisers.
+
+    Training minimises the balancer's total. With `balancer=None` that is
+    Keras's weighted sum, `sum_k w_k L_k`, with the weights from
+    `loss_weights` (by output or by task name) and the `CombinedLoss`
+    weights. The logs hold, for train and validation, `loss` (the total) and
+    per task `<task>_loss` (unweighted) and `<task>_weight` (in force).
+
+    Set the fixed weights between steps with `model.balancer.assign({...})`
+    or `multiloss.callbacks.WeightSchedule`; the change takes effect on every
+    backend, JAX's compiled step included.
+
+    Tasks are resolved at `compile` when the model is built (a functional
+    model always is), otherwise at the first `fit`/`evaluate`; errors about
+    output names come then.
+
+    Example:
+
+    ```python
+    import numpy as np, keras, multiloss
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(16, activation="relu")(inputs)
+    model = multiloss.MultiLossModel(
+        inputs, {"a": keras.layers.Dense(1)(h), "b": keras.layers.Dense(1)(h)}
+    )
+    model.compile("adam", loss={"a": "mse", "b": "mae"}, loss_weights={"b": 0.5})
+    x = np.random.rand(64, 8)
+    history = model.fit(x, {"a": x[:, :1], "b": x[:, 1:2]}, epochs=2, verbose=0)
+    print(sorted(history.history))
+    # ['a_loss', 'a_weight', 'b_loss', 'b_weight', 'loss']
+    ```
+    """
+
+    _compile_args = None
+    _tasks = None
+
+    def compile(
+        self,
+        optimizer="rmsprop",
+        loss=None,
+        loss_weights=None,
+        metrics=None,
+        weighted_metrics=None,
+        run_eagerly=False,
+        steps_per_execution=1,
+        jit_compile="auto",
+        auto_scale_loss=True,
+        balancer=None,
+    ):
+        """Configures the model for training; Keras's arguments plus:
+
+        Args:
+            loss: as Keras's: one loss for every output, a list in output
+                order, or a dict by output name; an entry may be a
+                `multiloss.CombinedLoss`, whose components become tasks.
+            loss_weights: fixed task weights: a list in output order, or a
+                dict by output name or by task name (`added_loss`, a
+                `CombinedLoss` component); finite and >= 0.
+            balancer: `None` (static weights), a name from
+                `multiloss.balancer.available()`, or a balancer instance.
+        """
+        # Check everything before changing anything: a failed compile leaves
+        # the model as it was.
+        check_compile_arguments(loss, loss_weights)
+        resolved_balancer = balancer_module.get(balancer)
+        args = _CompileArgs(loss, loss_weights, balancer, resolved_balancer)
+        inputs = self._symbolic_inputs()
+        tasks = self._resolve_tasks(args, inputs) if inputs is not None else None
+        if tasks is not None:
+            self._check_balancer_fits(resolved_balancer, tasks)
+        super().compile(
+            optimizer=optimizer,
+            loss=None,
+            metrics=metrics,
+            weighted_metrics=weighted_metrics,
+            run_eagerly=run_eagerly,
+            steps_per_execution=steps_per_execution,
+            jit_compile=jit_compile,
+            auto_scale_loss=auto_scale_loss,
+        )
+        self.loss = loss
+        self._compile_args = args
+        self._tasks = None
+        if tasks is not None:
+            self._attach(tasks, resolved_balancer)
+        else:
+            # Resolved at the first fit/evaluate, when the outputs are known.
+            _keras.replace_tracked_attribute(self, "balancer", None)
+            _keras.replace_tracked_attribute(self, "_task_metrics", None)
+
+    @property
+    def task_names(self):
+        """The task names, in the order of the loss and weight vectors."""
+        if self._tasks is None:
+            raise ValueError(
+                "The tasks are not known yet: compile the model, and for a "
+                "model that is not built, call it or fit it once."
+            )
+        return self._tasks.names
+
+    # -- resolving tasks -------------------------------------------------
+
+    def _symbolic_inputs(self):
+        """Symbolic inputs for a built model with a known input structure
+        (functional, Sequential), else None."""
+        if not self.built:
+            return None
+        try:
+            inputs = self.input
+        except (AttributeError, ValueError):
+            return None
+        return keras.tree.map_structure(
+            lambda t: keras.KerasTensor(t.shape, t.dtype), inputs
+        )
+
+    def _resolve_tasks(self, args, inputs):
+        added = []
+
+        def forward(x):
+            # Layers add losses only when called; collect them from a
+            # symbolic training-mode call, which costs no computation.
+            with keras.StatelessScope(collect_losses=True) as scope:
+                if self._call_has_training_arg:
+                    y_pred = self(x, training=True)
+                else:
+                    y_pred = self(x)
+            added.extend(scope.losses)
+            return y_pred
+
+        y_pred = _keras.compute_output_spec(forward, inputs)
+        has_added_loss = bool(added) or bool(self.losses)
+        return resolve_tasks(
+            args.loss,
+            args.loss_weights,
+            y_pred,
+            getattr(self, "output_names", None),
+            has_added_loss,
+        )
+
+    @staticmethod
+    def _check_balancer_fits(balancer, tasks):
+        if balancer.built and balancer.num_tasks != len(tasks):
+            raise ValueError(
+                f"The balancer {balancer.name!r} was built for {balancer.num_tasks} "
+                f"tasks; this model has {len(tasks)}: {list(tasks.names)}."
+            )
+
+    def _attach(self, tasks, balancer):
+        self._check_balancer_fits(balancer, tasks)
+        if not balancer.built:
+            balancer.build((len(tasks),))
+        balancer.set_task_names(tasks.names)
+        balancer.task_weights.assign(list(tasks.weights))
+        balancer._bind_state_sync(self._sync_state)
+        _keras.replace_tracked_attribute(self, "balancer", balancer)
+        _keras.replace_tracked_attribute(self, "_task_metrics", TaskMetrics(tasks.names))
+        self._tasks = tasks
+
+    def _finish_pending(self, inputs):
+        tasks = self._resolve_tasks(self._compile_args, inputs)
+        self._attach(tasks, self._compile_args.resolved_balancer)
+
+    def _symbolic_build(self, iterator=None, data_batch=None):
+        if self._compile_args is not None and self._tasks is None:
+            if data_batch is None:
+                data_batch = _keras.first_batch(iterator)
+            x, _, _ = keras.utils.unpack_x_y_sample_weight(data_batch)
+            self._finish_pending(
+                keras.tree.map_structure(
+                    lambda v: None
+                    if v is None
+                    else keras.KerasTensor(v.shape, keras.backend.standardize_dtype(v.dtype)),
+                    x,
+                )
+            )
+        super()._symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _sync_state(self):
+        # JAX's fit holds the state outside the Variables between steps;
+        # writing it back before an assign makes the next step read the
+        # assigned value instead of silently keeping the old one.
+        sync = getattr(self, "jax_state_sync", None)
+        if sync is not None:
+            sync()
+
+    # -- the loss ----------------------------------------------------------
+
+    def compute_task_losses(self, y, y_pred, sample_weight=None):
+        """The (K,) vector of unweighted task losses, in `task_names` order."""
+        if self._tasks is None:
+            # TensorFlow without a distribution strategy never calls
+            # `_symbolic_build`: the first trace resolves the tasks.
+            self._finish_pending_from_outputs(y_pred)
+        return self._tasks.values(
+            y, y_pred, sample_weight, self.losses, self._aggregate_additional_loss
+        )
+
+    def _finish_pending_from_outputs(self, y_pred):
+        if self._compile_args is None:
+            raise ValueError("The model must be compiled before it is trained.")
+        tasks = resolve_tasks(
+            self._compile_args.loss,
+            self._compile_args.loss_weights,
+            y_pred,
+            getattr(self, "output_names", None),
+            bool(self.losses),
+        )
+        self._attach(tasks, self._compile_args.resolved_balancer)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        losses = self.compute_task_losses(y, y_pred, sample_weight)
+        total, weights = self.balancer.combine(losses, training=training)
+        self._task_metrics.update_state(
+            _keras.unscale_loss_for_distribution(losses),
+            weights,
+            ops.shape(keras.tree.flatten(y_pred)[0])[0],
+        )
+        return total
+
+    # -- saving ------------------------------------------------------------
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if not config or self._compile_args is None:
+            return config
+        args = self._compile_args
+        balancer = args.balancer
+        if isinstance(balancer, balancer_module.Balancer):
+            balancer = keras.saving.serialize_keras_object(balancer)
+        config.update(
+            loss=keras.saving.serialize_keras_object(args.loss),
+            loss_weights=args.loss_weights,
+            balancer=balancer,
+        )
+        return config
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if hasattr(self, "optimizer") and self.built:
+            self.optimizer.build(self.trainable_variables)
