@@ -8,8 +8,14 @@ import keras
 from keras.src.backend import compute_output_spec
 from keras.src.losses.loss import unscale_loss_for_distribution
 from keras.src.losses.losses import LossFunctionWrapper
+from keras.src.models import model as _model_module
+from keras.src.models.functional import Functional
+from keras.src.models.model import functional_init_arguments
 
 __all__ = [
+    "Functional",
+    "functional_init_arguments",
+    "init_functional",
     "compute_output_spec",
     "LossFunctionWrapper",
     "unscale_loss_for_distribution",
@@ -52,5 +58,11 @@ def replace_tracked_attribute(layer, name, value):
             tracker.lock()
 
 
-def is_keras_tensor(x):
-    return isinstance(x, keras.KerasTensor)
+def init_functional(model, args, kwargs):
+    """What `keras.Model.__init__` does with functional arguments (inputs,
+    outputs), minus its rewriting of the class hierarchy: Keras injects
+    `Functional` into the bases of the instance's class and of every class
+    up to `Model`, for good, which would turn `MultiLossModel` itself
+    functional and break its subclass-style use in the same process."""
+    _model_module.Trainer.__init__(model)
+    Functional.__init__(model, *args, **kwargs)

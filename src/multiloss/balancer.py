@@ -82,7 +82,8 @@ class Balancer(keras.layers.Layer):
         kwargs.setdefault("dtype", "float32")  # state stays float32 under mixed precision
         super().__init__(name=name, **kwargs)
         self.task_names = None
-        self._before_assign = None
+        self._initial_task_weights = None
+        self._state_sync = None
 
     def build(self, input_shape):
         if len(input_shape) != 1 or input_shape[0] is None or input_shape[0] < 1:
@@ -90,31 +91,53 @@ class Balancer(keras.layers.Layer):
                 f"{type(self).__name__} is built with the shape (K,) of the task "
                 f"loss vector, got {input_shape}."
             )
+        initial = self._initial_task_weights
+        if initial is None or len(initial) != input_shape[0]:
+            initial = np.ones(input_shape[0], "float32")
         self.task_weights = self.add_weight(
             shape=(input_shape[0],),
-            initializer="ones",
+            # A callable initializer: the value is right from creation, also
+            # when the first trace of a compiled step creates the state.
+            initializer=lambda shape, dtype: keras.ops.convert_to_tensor(initial, dtype),
             trainable=False,
             name="task_weights",
         )
+
+    def setup(self, task_names, task_weights=None):
+        """Builds the balancer for these tasks with these fixed weights, or,
+        if it is built already for as many tasks, names them and assigns the
+        weights. The model calls this at compile."""
+        names = tuple(task_names)
+        weights = np.ones(len(names), "float32") if task_weights is None else np.asarray(
+            task_weights, "float32"
+        )
+        if self.built:
+            if len(names) != self.num_tasks:
+                raise ValueError(
+                    f"{type(self).__name__} is built for {self.num_tasks} tasks, got "
+                    f"{len(names)}: {list(names)}."
+                )
+            self.task_weights.assign(weights)
+        else:
+            self._initial_task_weights = weights
+            self.build((len(names),))
+        self.task_names = names
 
     @property
     def num_tasks(self):
         return None if not self.built else int(self.task_weights.shape[0])
 
-    def set_task_names(self, names):
-        names = tuple(names)
-        if self.built and len(names) != self.num_tasks:
-            raise ValueError(
-                f"{type(self).__name__} is built for {self.num_tasks} tasks, got "
-                f"{len(names)} names: {list(names)}."
-            )
-        self.task_names = names
-
     def _bind_state_sync(self, sync):
-        """Called by the model: `sync` runs before any `assign`, so that a
-        trainer holding the state outside the Variables (JAX's `fit`) writes
-        it back first and reads the new value at its next step."""
-        self._before_assign = None if sync is None else weakref.WeakMethod(sync)
+        """Called by the model: `sync` runs before the state is read or
+        assigned, so that a trainer holding the state outside the Variables
+        (JAX's `fit`) writes it back first and reads the new value at its
+        next step."""
+        self._state_sync = None if sync is None else weakref.WeakMethod(sync)
+
+    def _sync_state(self):
+        sync = self._state_sync() if self._state_sync is not None else None
+        if sync is not None:
+            sync()
 
     def assign(self, weights):
         """Sets the fixed task weights, between steps or from a callback.
@@ -129,6 +152,7 @@ class Balancer(keras.layers.Layer):
                 f"{type(self).__name__} is not built yet: compile the model first "
                 "(or build it with (K,))."
             )
+        self._sync_state()
         current = np.array(keras.ops.convert_to_numpy(self.task_weights), dtype="float32")
         new = current.copy()
         names = self.task_names or tuple(f"task_{i}" for i in range(len(current)))
@@ -149,13 +173,11 @@ class Balancer(keras.layers.Layer):
                 )
             for i, value in enumerate(values):
                 new[i] = check_weight(value, f"The weight of task {names[i]!r}")
-        sync = self._before_assign() if self._before_assign is not None else None
-        if sync is not None:
-            sync()
         self.task_weights.assign(new)
 
     def get_task_weights(self):
         """The fixed task weights, as a dict from task name to float."""
+        self._sync_state()
         values = keras.ops.convert_to_numpy(self.task_weights)
         names = self.task_names or tuple(f"task_{i}" for i in range(len(values)))
         return {name: float(v) for name, v in zip(names, values)}

@@ -72,6 +72,21 @@ class MultiLossModel(keras.Model):
     _compile_args = None
     _tasks = None
 
+    def __new__(cls, *args, **kwargs):
+        if _keras.functional_init_arguments(args, kwargs) and not issubclass(
+            cls, _keras.Functional
+        ):
+            cls = _functional_variant(cls)
+        return super().__new__(cls, *args, **kwargs)
+
+    def __init__(self, *args, **kwargs):
+        if isinstance(self, _keras.Functional) and _keras.functional_init_arguments(
+            args, kwargs
+        ):
+            _keras.init_functional(self, args, kwargs)
+        else:
+            super().__init__(*args, **kwargs)
+
     def compile(
         self,
         optimizer="rmsprop",
@@ -127,6 +142,20 @@ class MultiLossModel(keras.Model):
             _keras.replace_tracked_attribute(self, "_task_metrics", None)
 
     @property
+    def layers(self):
+        # The balancer is tracked (its state is saved and trained) but is
+        # not part of the network: `model.layers[-1]` stays the last layer.
+        return [
+            layer
+            for layer in super().layers
+            if not isinstance(layer, balancer_module.Balancer)
+        ]
+
+    @layers.setter
+    def layers(self, _):
+        raise AttributeError("`Model.layers` is reserved and cannot be set.")
+
+    @property
     def task_names(self):
         """The task names, in the order of the loss and weight vectors."""
         if self._tasks is None:
@@ -167,13 +196,15 @@ class MultiLossModel(keras.Model):
 
         y_pred = _keras.compute_output_spec(forward, inputs)
         has_added_loss = bool(added) or bool(self.losses)
-        return resolve_tasks(
+        tasks = resolve_tasks(
             args.loss,
             args.loss_weights,
             y_pred,
             getattr(self, "output_names", None),
             has_added_loss,
         )
+        tasks.check_scalar(y_pred)
+        return tasks
 
     @staticmethod
     def _check_balancer_fits(balancer, tasks):
@@ -184,11 +215,7 @@ class MultiLossModel(keras.Model):
             )
 
     def _attach(self, tasks, balancer):
-        self._check_balancer_fits(balancer, tasks)
-        if not balancer.built:
-            balancer.build((len(tasks),))
-        balancer.set_task_names(tasks.names)
-        balancer.task_weights.assign(list(tasks.weights))
+        balancer.setup(tasks.names, tasks.weights)
         balancer._bind_state_sync(self._sync_state)
         _keras.replace_tracked_attribute(self, "balancer", balancer)
         _keras.replace_tracked_attribute(self, "_task_metrics", TaskMetrics(tasks.names))
@@ -277,3 +304,27 @@ class MultiLossModel(keras.Model):
         self.compile(**config)
         if hasattr(self, "optimizer") and self.built:
             self.optimizer.build(self.trainable_variables)
+
+
+@keras.saving.register_keras_serializable(package="multiloss")
+class FunctionalMultiLossModel(MultiLossModel, _keras.Functional):
+    """A `MultiLossModel` built from inputs and outputs; what
+    `MultiLossModel(inputs, outputs)` returns."""
+
+
+def _functional_variant(cls):
+    """The class to instantiate for functional arguments.
+
+    `MultiLossModel` maps to `FunctionalMultiLossModel`. A user's subclass
+    used functionally is rebased onto it, as Keras rebases such a subclass
+    onto `Functional`, but without touching `MultiLossModel` itself.
+    """
+    if cls is MultiLossModel:
+        return FunctionalMultiLossModel
+    cls.__bases__ = tuple(
+        _functional_variant(base)
+        if issubclass(base, MultiLossModel) and not issubclass(base, _keras.Functional)
+        else base
+        for base in cls.__bases__
+    )
+    return cls

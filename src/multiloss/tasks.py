@@ -17,6 +17,7 @@ import dataclasses
 import keras
 from keras import ops
 
+from multiloss._keras import compute_output_spec
 from multiloss.losses import CombinedLoss, check_weight, get_loss
 
 __all__ = ["ADDED_LOSS", "Task", "Tasks", "resolve_tasks", "check_compile_arguments"]
@@ -246,6 +247,21 @@ class Tasks:
         items = ", ".join(f"{t.name}={t.weight:g}" for t in self.tasks)
         return f"Tasks({items})"
 
+    def check_scalar(self, y_pred):
+        """Raises, naming the task, if a loss does not reduce to a scalar on
+        symbolic outputs `y_pred` (with targets shaped like the outputs; a
+        loss that cannot take such targets is checked at its first step)."""
+        preds = self._by_output(y_pred, "outputs")
+        for task in self.tasks:
+            if task.loss is None:
+                continue
+            y = preds[task.output]
+            try:
+                spec = compute_output_spec(task.loss, y, y)
+            except Exception:  # the targets' true shape is not known yet
+                continue
+            _check_scalar_shape(task, spec.shape)
+
     def values(self, y_true, y_pred, sample_weight, added_losses, aggregate_added_loss):
         """The (K,) vector of unweighted task losses.
 
@@ -285,11 +301,7 @@ class Tasks:
                     targets[task.output], preds[task.output], weights.get(task.output)
                 )
             value = ops.cast(value, "float32")
-            if len(value.shape) != 0:
-                raise ValueError(
-                    f"The loss of task {task.name!r} returned shape {tuple(value.shape)}; "
-                    "each task loss must reduce to a scalar."
-                )
+            _check_scalar_shape(task, value.shape)
             values.append(value)
         return ops.stack(values)
 
@@ -342,3 +354,12 @@ class Tasks:
         if isinstance(sample_weight, (dict, list, tuple)):
             return self._by_output(sample_weight, "sample weights")
         return {key: sample_weight for key in self.output_keys}
+
+
+def _check_scalar_shape(task, shape):
+    if len(shape) != 0:
+        raise ValueError(
+            f"The loss of task {task.name!r} returns shape {tuple(shape)}; each task "
+            "loss must reduce to a scalar (a Loss with reduction='none' or a "
+            "__call__ that skips the reduction does not)."
+        )
