@@ -6,7 +6,7 @@
 - `multiloss.callbacks`: `WeightSchedule`.
 """
 
-from multiloss import balancer, callbacks, weighting
+from multiloss import aggregators, balancer, callbacks, weighting
 from multiloss.losses import CombinedLoss
 from multiloss.model import MultiLossModel
 from multiloss.tasks import ADDED_LOSS
@@ -17,6 +17,7 @@ __all__ = [
     "ADDED_LOSS",
     "CombinedLoss",
     "MultiLossModel",
+    "aggregators",
     "balancer",
     "callbacks",
     "weighting",

@@ -75,8 +75,17 @@ class Balancer(keras.layers.Layer):
     are the user's fixed weights; the rule's own weights multiply them.
 
     Subclasses create their state in `build` (after `super().build`) and
-    describe their hyperparameters in `get_config`.
+    describe their hyperparameters in `get_config`. Optional hooks:
+
+    - `on_epoch_begin(epoch)`, `on_epoch_end(epoch, logs)`: called by the
+      model's `fit` before any user callback (so `BackupAndRestore` saves
+      the state after the hook ran), outside the compiled step;
+    - `log_names` and `logs()`: extra scalars for the training logs (e.g. a
+      solver's count of non-converged steps), read inside the step, logged
+      as their latest value.
     """
+
+    log_names = ()
 
     def __init__(self, name=None, **kwargs):
         kwargs.setdefault("dtype", "float32")  # state stays float32 under mixed precision
@@ -174,6 +183,17 @@ class Balancer(keras.layers.Layer):
             for i, value in enumerate(values):
                 new[i] = check_weight(value, f"The weight of task {names[i]!r}")
         self.task_weights.assign(new)
+
+    def on_epoch_begin(self, epoch):
+        """Called before each training epoch (outside the compiled step)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Called after each training epoch, with its logs (validation
+        included), before any user callback."""
+
+    def logs(self):
+        """A dict from each name in `log_names` to a scalar tensor."""
+        return {}
 
     def get_task_weights(self):
         """The fixed task weights, as a dict from task name to float."""

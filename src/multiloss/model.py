@@ -1,6 +1,7 @@
 """`MultiLossModel`: a Keras model trained on several named losses."""
 
 import dataclasses
+import inspect
 
 import keras
 from keras import ops
@@ -218,7 +219,9 @@ class MultiLossModel(keras.Model):
         balancer.setup(tasks.names, tasks.weights)
         balancer._bind_state_sync(self._sync_state)
         _keras.replace_tracked_attribute(self, "balancer", balancer)
-        _keras.replace_tracked_attribute(self, "_task_metrics", TaskMetrics(tasks.names))
+        _keras.replace_tracked_attribute(
+            self, "_task_metrics", TaskMetrics(tasks.names, balancer.log_names)
+        )
         self._tasks = tasks
 
     def _finish_pending(self, inputs):
@@ -279,8 +282,22 @@ class MultiLossModel(keras.Model):
             _keras.unscale_loss_for_distribution(losses),
             weights,
             ops.shape(keras.tree.flatten(y_pred)[0])[0],
+            self.balancer.logs(),
         )
         return total
+
+    # -- training ----------------------------------------------------------
+
+    def fit(self, *args, **kwargs):
+        bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
+        callbacks = bound.arguments.get("callbacks")
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            callbacks.callbacks.insert(0, _BalancerHooks())
+        else:
+            # First, so that the balancer's epoch-end state is what a
+            # user's BackupAndRestore or ModelCheckpoint saves.
+            bound.arguments["callbacks"] = [_BalancerHooks()] + list(callbacks or [])
+        return super().fit(*bound.args[1:], **bound.kwargs)
 
     # -- saving ------------------------------------------------------------
 
@@ -304,6 +321,27 @@ class MultiLossModel(keras.Model):
         self.compile(**config)
         if hasattr(self, "optimizer") and self.built:
             self.optimizer.build(self.trainable_variables)
+
+
+_FIT_SIGNATURE = inspect.signature(keras.Model.fit)
+
+
+class _BalancerHooks(keras.callbacks.Callback):
+    """Runs the balancer's epoch hooks inside `fit`."""
+
+    def _balancer(self):
+        # `self.model` also writes JAX's in-flight state back first.
+        return getattr(self.model, "balancer", None)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        balancer = self._balancer()
+        if balancer is not None:
+            balancer.on_epoch_begin(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        balancer = self._balancer()
+        if balancer is not None:
+            balancer.on_epoch_end(epoch, logs)
 
 
 @keras.saving.register_keras_serializable(package="multiloss")

@@ -1,0 +1,7 @@
+"""JAX engine."""
+
+import jax
+
+
+def jit(fn):
+    return jax.jit(fn)
