@@ -6,7 +6,7 @@
 - `multiloss.callbacks`: `WeightSchedule`.
 """
 
-from multiloss import aggregators, balancer, callbacks, weighting
+from multiloss import aggregators, balancer, callbacks, engine, weighting
 from multiloss.losses import CombinedLoss
 from multiloss.model import MultiLossModel
 from multiloss.tasks import ADDED_LOSS
@@ -20,5 +20,6 @@ __all__ = [
     "aggregators",
     "balancer",
     "callbacks",
+    "engine",
     "weighting",
 ]
