@@ -1,0 +1,99 @@
+"""Shared pieces of the benchmark scripts: the benchmark model, data,
+interleaved timing, and running a script once per backend.
+
+Timings are medians over interleaved rounds (every variant once per round,
+in rotating order), so that the machine's load drifts hit all variants
+alike; ratios are taken between medians of the same run.
+"""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def mlp_with_heads(model_class, num_tasks, seed=0):
+    """The benchmark model: MLP 64 -> 256 -> 256 (ReLU) with K Dense(1) heads."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((64,))
+    h = layers.Dense(256, activation="relu", name="trunk_1")(inputs)
+    h = layers.Dense(256, activation="relu", name="trunk_2")(h)
+    outputs = {f"t{i}": layers.Dense(1, name=f"t{i}")(h) for i in range(num_tasks)}
+    return model_class(inputs, outputs)
+
+
+def regression_data(num_tasks, steps, batch_size=256, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = steps * batch_size
+    x = rng.normal(size=(n, 64)).astype("float32")
+    projections = rng.normal(size=(64, num_tasks)).astype("float32")
+    targets = np.tanh(x @ projections)
+    # Scales from 1 to 100: the imbalance multi-task balancing is for.
+    scales = np.logspace(0, 2, num_tasks).astype("float32")
+    y = {f"t{i}": (targets[:, i : i + 1] * scales[i]) for i in range(num_tasks)}
+    return x, y
+
+
+def time_fit_steps(models, x, y, batch_size=256, rounds=15):
+    """Per-step milliseconds of `fit` for each model, over interleaved rounds.
+
+    Each round runs one epoch of every model (all of `x`), in rotating
+    order; an epoch's wall time divided by its steps is one sample. A first,
+    untimed epoch compiles each model's step.
+    """
+    steps = len(x) // batch_size
+    for model in models.values():
+        model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+    samples = {name: [] for name in models}
+    names = list(models)
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            models[name].fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+            samples[name].append(1000 * (time.perf_counter() - start) / steps)
+    return samples
+
+
+def summarize(samples, baseline):
+    """Median ms per step and the ratio of medians to `baseline`."""
+    base = statistics.median(samples[baseline])
+    return {
+        name: {"median_ms": statistics.median(values), "ratio": statistics.median(values) / base}
+        for name, values in samples.items()
+    }
+
+
+def run_per_backend(script, args, backends=BACKENDS):
+    """Runs `script --worker ARGS` once per backend; returns {backend: json}."""
+    results = {}
+    for backend in backends:
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        print(f"[{backend}] running {os.path.basename(script)} ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(
+            [sys.executable, script, "--worker", *args],
+            env=env, capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr[-4000:])
+            raise SystemExit(f"{backend}: {script} failed")
+        results[backend] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return results
+
+
+def machine_line():
+    return (
+        f"{date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"Python {platform.python_version()}"
+    )
