@@ -13,13 +13,24 @@ class TaskMetrics(keras.metrics.Metric):
     Keras merges into the logs (History, TensorBoard, progress bar); Keras
     adds the `val_` prefix for validation. Values are averaged over samples,
     as Keras averages `loss`. One metric with (K,) state keeps the cost per
-    step at three variable updates whatever K is.
+    step at a few variable updates whatever K is.
+
+    Optional entries:
+    - `extra_names`: the balancer's own scalars (e.g. a solver's count of
+      non-converged steps), logged as their latest value;
+    - `diagnostics`: `<task>_grad_norm`, `grad_cos_min` and `grad_norm_ratio`
+      from each step's Gram matrix, averaged over the epoch's steps;
+    - `guarded`: `skipped_steps`, the steps of the epoch skipped for a
+      non-finite loss or gradient (their values are left out of the means).
     """
 
-    def __init__(self, task_names, extra_names=(), name="multiloss_tasks", **kwargs):
+    def __init__(self, task_names, extra_names=(), diagnostics=False, guarded=False,
+                 name="multiloss_tasks", **kwargs):
         super().__init__(name=name, dtype="float32", **kwargs)
         self.task_names = tuple(task_names)
         self.extra_names = tuple(extra_names)
+        self.diagnostics = diagnostics
+        self.guarded = guarded
         k = len(self.task_names)
         self.loss_sum = self.add_variable(shape=(k,), initializer="zeros", name="loss_sum")
         self.weight_sum = self.add_variable(shape=(k,), initializer="zeros", name="weight_sum")
@@ -28,18 +39,57 @@ class TaskMetrics(keras.metrics.Metric):
             self.extra = self.add_variable(
                 shape=(len(self.extra_names),), initializer="zeros", name="extra"
             )
+        if diagnostics:
+            self.norm_sum = self.add_variable(shape=(k,), initializer="zeros", name="norm_sum")
+            self.cos_min_sum = self.add_variable(shape=(), initializer="zeros", name="cos_min_sum")
+            self.ratio_sum = self.add_variable(shape=(), initializer="zeros", name="ratio_sum")
+            self.diagnosed_steps = self.add_variable(
+                shape=(), initializer="zeros", name="diagnosed_steps"
+            )
+        if guarded:
+            self.skipped = self.add_variable(shape=(), initializer="zeros", name="skipped")
+            # Which tasks were non-finite at the last skipped step (not logged:
+            # read to name them when training stops).
+            self.nonfinite = self.add_variable(shape=(k,), initializer="zeros", name="nonfinite")
 
-    def update_state(self, losses, weights, batch_size, extras=None):
-        """Adds one step: (K,) unweighted losses, (K,) weights in force, the
-        batch size, and a dict of extra scalars (kept as latest values)."""
+    def update_state(self, losses, weights, batch_size, extras=None, finite=None,
+                     diagnostics=None):
+        """Adds one step.
+
+        Args:
+            losses, weights: (K,) unweighted losses and weights in force.
+            batch_size: the step's number of samples.
+            extras: dict of the balancer's scalars, by name.
+            finite: (K,) booleans; a step with any False is skipped.
+            diagnostics: `(norms, cos_min, ratio)` from `gram_diagnostics`.
+        """
         batch_size = ops.cast(batch_size, "float32")
-        self.loss_sum.assign_add(ops.multiply(ops.cast(losses, "float32"), batch_size))
-        self.weight_sum.assign_add(ops.multiply(ops.cast(weights, "float32"), batch_size))
+        losses = ops.cast(losses, "float32")
+        weights = ops.cast(weights, "float32")
+        if finite is not None:
+            ok = ops.all(finite)
+            # A skipped step adds nothing: NaN * 0 would still be NaN.
+            losses = ops.where(ok, losses, ops.zeros_like(losses))
+            weights = ops.where(ok, weights, ops.zeros_like(weights))
+            batch_size = ops.where(ok, batch_size, ops.zeros_like(batch_size))
+            if self.guarded:
+                self.skipped.assign_add(ops.where(ok, 0.0, 1.0))
+                bad = ops.cast(ops.logical_not(finite), "float32")
+                self.nonfinite.assign(ops.where(ok, self.nonfinite.value, bad))
+        self.loss_sum.assign_add(ops.multiply(losses, batch_size))
+        self.weight_sum.assign_add(ops.multiply(weights, batch_size))
         self.count.assign_add(batch_size)
         if self.extra_names:
             self.extra.assign(
                 ops.stack([ops.cast(extras[name], "float32") for name in self.extra_names])
             )
+        if self.diagnostics and diagnostics is not None:
+            norms, cos_min, ratio = diagnostics
+            step = ops.cast(ops.greater(batch_size, 0), "float32")
+            self.norm_sum.assign_add(ops.multiply(ops.where(step > 0, norms, 0.0), step))
+            self.cos_min_sum.assign_add(ops.multiply(ops.where(step > 0, cos_min, 0.0), step))
+            self.ratio_sum.assign_add(ops.multiply(ops.where(step > 0, ratio, 0.0), step))
+            self.diagnosed_steps.assign_add(step)
 
     def result(self):
         losses = ops.divide_no_nan(self.loss_sum, self.count)
@@ -50,6 +100,14 @@ class TaskMetrics(keras.metrics.Metric):
             logs[f"{name}_weight"] = weights[i]
         for i, name in enumerate(self.extra_names):
             logs[name] = self.extra[i]
+        if self.diagnostics:
+            norms = ops.divide_no_nan(self.norm_sum, self.diagnosed_steps)
+            for i, name in enumerate(self.task_names):
+                logs[f"{name}_grad_norm"] = norms[i]
+            logs["grad_cos_min"] = ops.divide_no_nan(self.cos_min_sum, self.diagnosed_steps)
+            logs["grad_norm_ratio"] = ops.divide_no_nan(self.ratio_sum, self.diagnosed_steps)
+        if self.guarded:
+            logs["skipped_steps"] = ops.convert_to_tensor(self.skipped)
         return logs
 
     def reset_state(self):
@@ -60,5 +118,7 @@ class TaskMetrics(keras.metrics.Metric):
         return {
             "task_names": list(self.task_names),
             "extra_names": list(self.extra_names),
+            "diagnostics": self.diagnostics,
+            "guarded": self.guarded,
             "name": self.name,
         }

@@ -6,8 +6,10 @@ import inspect
 import keras
 from keras import ops
 
-from multiloss import _keras
+from multiloss import _keras, engine
 from multiloss import balancer as balancer_module
+from multiloss.aggregators.base import Aggregator
+from multiloss.engine import common
 from multiloss.logs import TaskMetrics
 from multiloss.tasks import check_compile_arguments, resolve_tasks
 
@@ -23,6 +25,9 @@ class _CompileArgs:
     loss_weights: object
     balancer: object  # as given: None, an alias, or a Balancer (saved in the config)
     resolved_balancer: object  # the Balancer it names
+    diagnostics: bool
+    nonfinite: str
+    shared: object  # as given: None or a list of layer names, layers, variables
 
 
 @keras.saving.register_keras_serializable(package="multiloss")
@@ -100,6 +105,9 @@ class MultiLossModel(keras.Model):
         jit_compile="auto",
         auto_scale_loss=True,
         balancer=None,
+        diagnostics=False,
+        nonfinite="raise",
+        shared=None,
     ):
         """Configures the model for training; Keras's arguments plus:
 
@@ -112,16 +120,40 @@ class MultiLossModel(keras.Model):
                 `CombinedLoss` component); finite and >= 0.
             balancer: `None` (static weights), a name from
                 `multiloss.balancer.available()`, or a balancer instance.
+            diagnostics: log, each step, `<task>_grad_norm`, `grad_cos_min`
+                (the smallest pairwise cosine of the task gradients) and
+                `grad_norm_ratio` (largest over smallest task gradient norm),
+                over the shared variables. Free for gradient-level balancers;
+                for loss-level ones it costs a backward pass per task.
+            nonfinite: what a non-finite task loss or gradient does:
+                "raise" (default: the step is skipped, leaving every variable
+                as it was, and training stops with an error naming the
+                task), "skip" (the step is skipped and counted in the
+                `skipped_steps` log) or "ignore" (applied as is, like Keras).
+            shared: the variables that balancing applies to: a list of layer
+                names, layers or variables. Default: every variable that two
+                or more tasks reach. Any other variable gets the gradient of
+                the tasks that reach it (a task's head: its own task's).
         """
         # Check everything before changing anything: a failed compile leaves
         # the model as it was.
         check_compile_arguments(loss, loss_weights)
         resolved_balancer = balancer_module.get(balancer)
-        args = _CompileArgs(loss, loss_weights, balancer, resolved_balancer)
+        if nonfinite not in common.NONFINITE_CHOICES:
+            raise ValueError(
+                f"compile(nonfinite={nonfinite!r}): valid choices are "
+                f"{list(common.NONFINITE_CHOICES)}."
+            )
+        if not isinstance(diagnostics, bool):
+            raise ValueError(f"compile(diagnostics={diagnostics!r}) must be True or False.")
+        args = _CompileArgs(
+            loss, loss_weights, balancer, resolved_balancer, diagnostics, nonfinite, shared
+        )
         inputs = self._symbolic_inputs()
         tasks = self._resolve_tasks(args, inputs) if inputs is not None else None
         if tasks is not None:
             self._check_balancer_fits(resolved_balancer, tasks)
+            shared_paths = self._resolve_shared(shared)
         super().compile(
             optimizer=optimizer,
             loss=None,
@@ -134,9 +166,14 @@ class MultiLossModel(keras.Model):
         )
         self.loss = loss
         self._compile_args = args
+        self._step_options = common.StepOptions(
+            mode="gram" if isinstance(resolved_balancer, Aggregator) else "loss",
+            diagnostics=diagnostics,
+            nonfinite=nonfinite,
+        )
         self._tasks = None
         if tasks is not None:
-            self._attach(tasks, resolved_balancer)
+            self._attach(tasks, resolved_balancer, shared_paths)
         else:
             # Resolved at the first fit/evaluate, when the outputs are known.
             _keras.replace_tracked_attribute(self, "balancer", None)
@@ -215,18 +252,64 @@ class MultiLossModel(keras.Model):
                 f"tasks; this model has {len(tasks)}: {list(tasks.names)}."
             )
 
-    def _attach(self, tasks, balancer):
+    def _resolve_shared(self, shared):
+        """`compile(shared=...)` as a set of variable paths (None: automatic)."""
+        if shared is None:
+            return None
+        if isinstance(shared, (str, keras.layers.Layer, keras.Variable)):
+            shared = [shared]
+        paths = set()
+        for item in shared:
+            if isinstance(item, keras.Variable):
+                paths.add(item.path)
+            elif isinstance(item, keras.layers.Layer):
+                paths.update(v.path for v in item.trainable_variables)
+            elif isinstance(item, str):
+                layers = {layer.name: layer for layer in self._flatten_layers(include_self=False)}
+                variable_paths = {v.path for v in self.trainable_variables}
+                if item in variable_paths:
+                    paths.add(item)
+                elif item in layers:
+                    paths.update(v.path for v in layers[item].trainable_variables)
+                else:
+                    raise ValueError(
+                        f"compile(shared=...) names {item!r}, which is neither a layer "
+                        f"nor a variable of the model; its layers are {sorted(layers)}."
+                    )
+            else:
+                raise ValueError(
+                    "compile(shared=...) takes layer names, layers or variables, "
+                    f"got {item!r}."
+                )
+        if not paths:
+            raise ValueError(f"compile(shared={shared!r}) names no trainable variable.")
+        return frozenset(paths)
+
+    def _attach(self, tasks, balancer, shared_paths):
         balancer.setup(tasks.names, tasks.weights)
         balancer._bind_state_sync(self._sync_state)
+        args = self._compile_args
+        self._step_options.shared = shared_paths
         _keras.replace_tracked_attribute(self, "balancer", balancer)
         _keras.replace_tracked_attribute(
-            self, "_task_metrics", TaskMetrics(tasks.names, balancer.log_names)
+            self,
+            "_task_metrics",
+            TaskMetrics(
+                tasks.names,
+                balancer.log_names,
+                diagnostics=args.diagnostics,
+                guarded=args.nonfinite != "ignore",
+            ),
         )
         self._tasks = tasks
 
     def _finish_pending(self, inputs):
         tasks = self._resolve_tasks(self._compile_args, inputs)
-        self._attach(tasks, self._compile_args.resolved_balancer)
+        self._attach(
+            tasks,
+            self._compile_args.resolved_balancer,
+            self._resolve_shared(self._compile_args.shared),
+        )
 
     def _symbolic_build(self, iterator=None, data_batch=None):
         if self._compile_args is not None and self._tasks is None:
@@ -273,7 +356,11 @@ class MultiLossModel(keras.Model):
             getattr(self, "output_names", None),
             bool(self.losses),
         )
-        self._attach(tasks, self._compile_args.resolved_balancer)
+        self._attach(
+            tasks,
+            self._compile_args.resolved_balancer,
+            self._resolve_shared(self._compile_args.shared),
+        )
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         losses = self.compute_task_losses(y, y_pred, sample_weight)
@@ -288,15 +375,66 @@ class MultiLossModel(keras.Model):
 
     # -- training ----------------------------------------------------------
 
+    def train_step(self, *args):
+        # One implementation per backend, in the engine (JAX's step takes
+        # the state as well as the data).
+        return engine.backend_module().train_step(self, *args)
+
+    def _training_call(self, x):
+        if self._call_has_training_arg:
+            return self(x, training=True)
+        return self(x)
+
+    @property
+    def _loss_scaling(self):
+        """Whether the optimizer scales the loss dynamically (mixed
+        precision): it then handles gradient overflow itself."""
+        return self.optimizer is not None and hasattr(self.optimizer, "dynamic_scale")
+
+    def _shared_flags(self, reach, variables):
+        return common.shared_flags(reach, variables, self._step_options.shared)
+
+    def _gram_flags(self, variables, flags):
+        """The variables whose Gram matrix the balancer weighs (None: all
+        shared ones)."""
+        if getattr(self.balancer, "gram_scope", "shared") == "last_shared_layer":
+            return common.select_last_shared_layer(variables, flags)
+        return None
+
+    def _record_step(self, x, losses, weights, total, finite, gram, extras):
+        """Updates the logs' trackers for one training step."""
+        options = self._step_options
+        batch_size = ops.shape(next(t for t in keras.tree.flatten(x) if t is not None))[0]
+        diagnostics = None
+        if options.diagnostics and gram is not None:
+            diagnostics = common.gram_diagnostics(gram)
+        self._task_metrics.update_state(
+            _keras.unscale_loss_for_distribution(losses),
+            weights,
+            batch_size,
+            extras,
+            finite if options.guards else None,
+            diagnostics,
+        )
+        total = _keras.unscale_loss_for_distribution(total)
+        sample_weight = ops.cast(batch_size, "float32")
+        if options.guards:
+            ok = ops.all(finite)
+            total = ops.where(ok, total, ops.zeros_like(total))
+            sample_weight = ops.where(ok, sample_weight, ops.zeros_like(sample_weight))
+        self._loss_tracker.update_state(total, sample_weight=sample_weight)
+
     def fit(self, *args, **kwargs):
         bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
         callbacks = bound.arguments.get("callbacks")
+        args = self._compile_args
+        hooks = _BalancerHooks(raise_on_skip=args is not None and args.nonfinite == "raise")
         if isinstance(callbacks, keras.callbacks.CallbackList):
-            callbacks.callbacks.insert(0, _BalancerHooks())
+            callbacks.callbacks.insert(0, hooks)
         else:
             # First, so that the balancer's epoch-end state is what a
             # user's BackupAndRestore or ModelCheckpoint saves.
-            bound.arguments["callbacks"] = [_BalancerHooks()] + list(callbacks or [])
+            bound.arguments["callbacks"] = [hooks] + list(callbacks or [])
         return super().fit(*bound.args[1:], **bound.kwargs)
 
     # -- saving ------------------------------------------------------------
@@ -309,10 +447,17 @@ class MultiLossModel(keras.Model):
         balancer = args.balancer
         if isinstance(balancer, balancer_module.Balancer):
             balancer = keras.saving.serialize_keras_object(balancer)
+        shared = args.shared
+        if shared is not None:
+            shared = [s if isinstance(s, str) else s.path if isinstance(s, keras.Variable) else s.name
+                      for s in (shared if isinstance(shared, (list, tuple)) else [shared])]
         config.update(
             loss=keras.saving.serialize_keras_object(args.loss),
             loss_weights=args.loss_weights,
             balancer=balancer,
+            diagnostics=args.diagnostics,
+            nonfinite=args.nonfinite,
+            shared=shared,
         )
         return config
 
@@ -327,13 +472,36 @@ _FIT_SIGNATURE = inspect.signature(keras.Model.fit)
 
 
 class _BalancerHooks(keras.callbacks.Callback):
-    """Runs the balancer's epoch hooks inside `fit`."""
+    """Runs the balancer's epoch hooks inside `fit`, and stops training on a
+    skipped non-finite step when `compile(nonfinite="raise")`."""
+
+    def __init__(self, raise_on_skip=False):
+        super().__init__()
+        self._raise_on_skip = raise_on_skip
+        self._epoch = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self._raise_on_skip or not logs or "skipped_steps" not in logs:
+            return
+        if float(keras.ops.convert_to_numpy(logs["skipped_steps"])) == 0:
+            return
+        model = self.model  # on JAX, writes the in-flight state back first
+        metrics = model._task_metrics
+        flags = keras.ops.convert_to_numpy(metrics.nonfinite)
+        names = [name for name, bad in zip(metrics.task_names, flags) if bad]
+        model.stop_training = True
+        raise FloatingPointError(
+            f"Non-finite loss or gradient in task(s) {names} at epoch {self._epoch}, "
+            f"batch {batch}. The step was skipped: every variable is as it was "
+            "before it. compile(nonfinite='skip') skips such steps and goes on."
+        )
 
     def _balancer(self):
         # `self.model` also writes JAX's in-flight state back first.
         return getattr(self.model, "balancer", None)
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
         balancer = self._balancer()
         if balancer is not None:
             balancer.on_epoch_begin(epoch)

@@ -262,8 +262,10 @@ class Tasks:
                 continue
             _check_scalar_shape(task, spec.shape)
 
-    def values(self, y_true, y_pred, sample_weight, added_losses, aggregate_added_loss):
-        """The (K,) vector of unweighted task losses.
+    def values(self, y_true, y_pred, sample_weight, added_losses, aggregate_added_loss,
+               stack=True):
+        """The (K,) vector of unweighted task losses (a list of K scalars if
+        `stack` is False).
 
         Args:
             y_true, y_pred, sample_weight: as Keras passes them to
@@ -303,7 +305,7 @@ class Tasks:
             value = ops.cast(value, "float32")
             _check_scalar_shape(task, value.shape)
             values.append(value)
-        return ops.stack(values)
+        return ops.stack(values) if stack else values
 
     def _by_output(self, structure, what):
         if self.structure == "dict":

@@ -38,6 +38,13 @@ class Aggregator(Balancer):
         gradients and, for rules that use them, the (weighted) losses."""
         raise NotImplementedError
 
+    def combine(self, losses, training=False):
+        """Evaluation's total, `sum_k c_k L_k` with the fixed task weights:
+        an aggregator's own weights come from gradients, which evaluation
+        does not compute."""
+        weights = ops.cast(self.task_weights, losses.dtype)
+        return ops.sum(ops.multiply(losses, weights)), weights
+
     def gram_weights(self, gram, losses=None, training=True):
         """Weights in force on the unweighted task gradients, from their
         Gram matrix: the rule sees the gradients scaled by `task_weights`."""

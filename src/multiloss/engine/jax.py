@@ -1,7 +1,153 @@
-"""JAX engine."""
+"""JAX engine: the stateless train step and the gradient transform.
+
+Per-task gradients are `jax.vmap` of one `jax.vjp` over the rows of the
+identity: the natural JAX form, one trace, K backward passes batched.
+JAX returns zeros, not `None`, for a variable a task does not reach; which
+task reaches which variable is read from the step's jaxpr instead.
+
+Everything stateful (the balancer's Variables, the metrics) runs under a
+`keras.StatelessScope` mapped to the step's state, and the new values are
+read back from it, as Keras's own JAX trainer does.
+"""
 
 import jax
+import jax.numpy as jnp
+import keras
+from keras import ops
+from keras.utils import unpack_x_y_sample_weight
+
+from multiloss.engine import common
+
+__all__ = ["jit", "train_step", "value_and_grad", "task_reach"]
 
 
 def jit(fn):
     return jax.jit(fn)
+
+
+def task_reach(fn, params):
+    """For a function `fn(params) -> list of K scalars`, K lists of
+    booleans: whether output k depends on each leaf of `params`.
+
+    A walk over the jaxpr: an equation's outputs depend on the union of its
+    inputs' dependencies. Equations with inner jaxprs (calls, loops,
+    custom derivatives) are taken whole, which can only over-approximate:
+    a variable may be counted as reached, never missed.
+    """
+    leaves, _ = jax.tree_util.tree_flatten(params)
+    closed = jax.make_jaxpr(lambda *flat: fn(jax.tree_util.tree_unflatten(
+        jax.tree_util.tree_structure(params), list(flat))))(*leaves)
+    jaxpr = closed.jaxpr
+    deps = {}
+    for i, var in enumerate(jaxpr.invars):
+        deps[var] = frozenset([i])
+
+    def of(var):
+        return deps.get(var, frozenset()) if hasattr(var, "aval") and not _is_literal(var) else frozenset()
+
+    for eqn in jaxpr.eqns:
+        union = frozenset().union(*(of(v) for v in eqn.invars))
+        for out in eqn.outvars:
+            deps[out] = union
+    return [[i in of(out) for i in range(len(leaves))] for out in jaxpr.outvars]
+
+
+def _is_literal(var):
+    return type(var).__name__ == "Literal"
+
+
+def _scoped(variables, values):
+    return keras.StatelessScope(state_mapping=list(zip(variables, values)))
+
+
+def train_step(model, state, data):
+    trainable, non_trainable, optimizer_values, metrics_values = state
+    x, y, sample_weight = unpack_x_y_sample_weight(data)
+    options = model._step_options
+    balancer = model.balancer
+    tasks = model._tasks
+    variables = list(model.trainable_variables)
+    nt_variables = list(model.non_trainable_variables)
+
+    with _scoped(model.optimizer.variables, optimizer_values):
+        scale = common.loss_scale(model.optimizer)
+
+    def forward(trainable_values, stack=True):
+        kwargs = {"training": True} if model._call_has_training_arg else {}
+        y_pred, new_nt, added = model.stateless_call(
+            trainable_values, non_trainable, x, return_losses=True, **kwargs
+        )
+        losses = tasks.values(
+            y, y_pred, sample_weight, added, model._aggregate_additional_loss, stack=stack
+        )
+        return losses, (y_pred, new_nt)
+
+    def balancer_scope(trainable_values, nt_values):
+        # The balancer's variables live among the model's (non-)trainable
+        # ones; map both so that its reads and writes use this step's state.
+        return keras.StatelessScope(state_mapping=list(zip(variables, trainable_values))
+                                    + list(zip(nt_variables, nt_values)))
+
+    check_gradients = not model._loss_scaling
+    gram = None
+    if options.needs_task_gradients:
+        reach = task_reach(lambda tv: forward(tv, stack=False)[0], trainable)
+        flags = model._shared_flags(reach, variables)
+        losses, vjp, (y_pred, new_nt) = jax.vjp(forward, trainable, has_aux=True)
+        k = losses.shape[0]
+        (jacobians,) = jax.vmap(vjp)(jnp.eye(k, dtype=losses.dtype) * scale)
+        per_task = [
+            [jacobians[i][t] if reach[t][i] else None for i in range(len(variables))]
+            for t in range(k)
+        ]
+    if options.mode == "gram":
+        with balancer_scope(trainable, new_nt) as scope:
+            grads, weights, total, gram, finite = common.gradient_step(
+                balancer, variables, per_task, losses, scale, flags,
+                check_gradients=check_gradients,
+                gram_flags=model._gram_flags(variables, flags),
+            )
+            extras = balancer.logs()
+        new_nt = [scope.get_current_value(v) for v in nt_variables]
+    else:
+        def total_fn(trainable_values):
+            losses, (y_pred, new_nt) = forward(trainable_values)
+            with balancer_scope(trainable_values, new_nt) as scope:
+                total, weights = balancer.combine(losses, training=True)
+                extras = balancer.logs()
+            new_nt = [scope.get_current_value(v) for v in nt_variables]
+            return total * ops.cast(scale, total.dtype), (losses, weights, total, y_pred, new_nt, extras)
+
+        grads, (losses, weights, total, y_pred, new_nt, extras) = jax.grad(
+            total_fn, has_aux=True
+        )(trainable)
+        if options.diagnostics:
+            gram = common.shared_gram(variables, per_task, flags, scale)
+        finite = common.loss_step_finite(losses, grads, check_gradients)
+
+    new_trainable, new_optimizer = model.optimizer.stateless_apply(
+        optimizer_values, grads, trainable
+    )
+    if options.guards:
+        ok = jnp.all(finite)
+
+        def keep(new, old):
+            return [jnp.where(ok, a, b) for a, b in zip(new, old)]
+
+        new_trainable = keep(new_trainable, trainable)
+        new_optimizer = keep(new_optimizer, optimizer_values)
+        new_nt = keep(new_nt, non_trainable)
+
+    with _scoped(model.metrics_variables, metrics_values) as scope:
+        model._record_step(x, losses, weights, total, finite, gram, extras)
+        logs = model.compute_metrics(x, y, y_pred, sample_weight)
+    new_metrics = [
+        scope.get_current_value(v) if scope.get_current_value(v) is not None else v.value
+        for v in model.metrics_variables
+    ]
+    return logs, (new_trainable, new_nt, new_optimizer, new_metrics)
+
+
+def value_and_grad(fn, balancer):
+    """A transform for custom loops (see the module docstring)."""
+    raise NotImplementedError

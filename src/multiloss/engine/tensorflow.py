@@ -1,7 +1,123 @@
-"""TensorFlow engine."""
+"""TensorFlow engine: the train step and the `GradientTape` helper.
+
+Per-task gradients come from one persistent tape and a loop of K
+`tape.gradient` calls: on CPU that measured faster than `tape.jacobian`
+(pfor or while_loop) for every K tried (shared/notes/keras3-facts.md, §4).
+A task that does not reach a variable gets `None` from the tape, which is
+how shared variables are found.
+"""
 
 import tensorflow as tf
+from keras import ops
+from keras.utils import unpack_x_y_sample_weight
+
+from multiloss.engine import common
+
+__all__ = ["jit", "train_step", "gradient"]
 
 
 def jit(fn):
     return tf.function(fn, reduce_retracing=True)
+
+
+def _replica_context():
+    """The replica context when several replicas run the step, else None."""
+    if not tf.distribute.has_strategy():
+        return None
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return None
+    return context
+
+
+def train_step(model, data):
+    x, y, sample_weight = unpack_x_y_sample_weight(data)
+    options = model._step_options
+    saved = [(v, tf.identity(v.value)) for v in model.non_trainable_variables] if options.guards else None
+    scale = common.loss_scale(model.optimizer)
+    with tf.GradientTape(persistent=options.needs_task_gradients) as tape:
+        y_pred = model._training_call(x)
+        losses = model.compute_task_losses(y, y_pred, sample_weight)
+        balancer = model.balancer
+        # After the forward pass: it builds an unbuilt model.
+        variables = list(model.trainable_variables)
+        if options.mode == "loss":
+            total, weights = balancer.combine(losses, training=True)
+            scaled_total = ops.multiply(total, ops.cast(scale, total.dtype))
+        if options.needs_task_gradients:
+            scaled_tasks = tf.unstack(ops.multiply(losses, ops.cast(scale, losses.dtype)))
+    if options.needs_task_gradients:
+        per_task = [tape.gradient(task, variables) for task in scaled_tasks]
+        flags = model._shared_flags([[g is not None for g in grads] for grads in per_task], variables)
+    check_gradients = not model._loss_scaling
+    if options.mode == "gram":
+        context = _replica_context()
+        grads, weights, total, gram, finite = common.gradient_step(
+            balancer, variables, per_task, losses, scale, flags,
+            check_gradients=check_gradients,
+            all_reduce=None if context is None else (
+                lambda values: context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+            ),
+            replicas=1 if context is None else context.num_replicas_in_sync,
+            gram_flags=model._gram_flags(variables, flags),
+        )
+    else:
+        grads = tape.gradient(scaled_total, variables)
+        gram = common.shared_gram(variables, per_task, flags, scale) if options.diagnostics else None
+        finite = common.loss_step_finite(losses, grads, check_gradients)
+    del tape
+    extras = balancer.logs()
+    _apply(model, grads, variables, finite if options.guards else None, saved)
+    model._record_step(x, losses, weights, total, finite, gram, extras)
+    return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def _apply(model, grads, variables, finite, saved):
+    """Applies the gradients, or, if a task is not finite, skips the step
+    and restores the non-trainable state the forward pass changed."""
+    if finite is None:
+        model.optimizer.apply(grads, variables)
+        return
+    if not model.optimizer.built:
+        # Not inside a cond branch: the first trace may create variables at
+        # its top level only.
+        model.optimizer.build(variables)
+    ok = tf.reduce_all(finite)
+
+    def apply():
+        model.optimizer.apply(grads, variables)
+
+    def restore():
+        for variable, value in saved:
+            variable.assign(value)
+
+    if tf.distribute.has_strategy() and not tf.__internal__.distribute.strategy_supports_no_merge_call():
+        # The optimizer calls merge_call, which a cond branch may only do
+        # from cross-replica context (as Keras's LossScaleOptimizer does).
+        def cross_replica(strategy, ok):
+            flag = strategy.experimental_local_results(ok)[0]
+            tf.cond(
+                flag,
+                lambda: strategy.extended.call_for_each_replica(apply),
+                lambda: strategy.extended.call_for_each_replica(restore),
+            )
+
+        tf.distribute.get_replica_context().merge_call(cross_replica, args=(ok,))
+    else:
+        ops.cond(ok, apply, restore)
+
+
+def gradient(tape, losses, variables, balancer):
+    """Balanced gradients from a `tf.GradientTape`, like `tape.gradient`.
+
+    Args:
+        tape: a persistent `tf.GradientTape` that recorded the losses.
+        losses: a list of K scalar losses, or a (K,) tensor.
+        variables: the variables to differentiate.
+        balancer: a `Weighting` or `Aggregator` built for K tasks.
+
+    Returns:
+        The list of gradients, one per variable (None where no loss reaches
+        it), and the (K,) weights in force.
+    """
+    raise NotImplementedError
