@@ -77,6 +77,7 @@ class MultiLossModel(keras.Model):
 
     _compile_args = None
     _tasks = None
+    _reach_checked = False
 
     def __new__(cls, *args, **kwargs):
         if _keras.functional_init_arguments(args, kwargs) and not issubclass(
@@ -302,6 +303,7 @@ class MultiLossModel(keras.Model):
             ),
         )
         self._tasks = tasks
+        self._reach_checked = False
 
     def _finish_pending(self, inputs):
         tasks = self._resolve_tasks(self._compile_args, inputs)
@@ -336,14 +338,17 @@ class MultiLossModel(keras.Model):
 
     # -- the loss ----------------------------------------------------------
 
-    def compute_task_losses(self, y, y_pred, sample_weight=None):
-        """The (K,) vector of unweighted task losses, in `task_names` order."""
+    def compute_task_losses(self, y, y_pred, sample_weight=None, stack=True):
+        """The (K,) vector of unweighted task losses, in `task_names` order
+        (a list of K scalars if `stack` is False: differentiating one of
+        those reaches only its task's variables, where differentiating an
+        entry of the stacked vector reaches every task's, with zeros)."""
         if self._tasks is None:
             # TensorFlow without a distribution strategy never calls
             # `_symbolic_build`: the first trace resolves the tasks.
             self._finish_pending_from_outputs(y_pred)
         return self._tasks.values(
-            y, y_pred, sample_weight, self.losses, self._aggregate_additional_loss
+            y, y_pred, sample_weight, self.losses, self._aggregate_additional_loss, stack=stack
         )
 
     def _finish_pending_from_outputs(self, y_pred):
@@ -392,7 +397,20 @@ class MultiLossModel(keras.Model):
         return self.optimizer is not None and hasattr(self.optimizer, "dynamic_scale")
 
     def _shared_flags(self, reach, variables):
+        self._check_reach(reach)
         return common.shared_flags(reach, variables, self._step_options.shared)
+
+    def _check_reach(self, reach):
+        """Raises, naming them, if some tasks reach no trainable variable
+        (their loss cannot train anything: a detached output, a constant)."""
+        dead = [name for name, row in zip(self._tasks.names, reach) if not any(row)]
+        if dead:
+            raise ValueError(
+                f"Task(s) {dead} have no gradient path to any trainable variable: "
+                "their loss does not depend on the model's weights. Check that the "
+                "output is computed by trainable layers, or drop its loss."
+            )
+        self._reach_checked = True
 
     def _gram_flags(self, variables, flags):
         """The variables whose Gram matrix the balancer weighs (None: all

@@ -14,9 +14,12 @@ class Aggregator(Balancer):
     variables as a list of Jacobians, one per variable, each of shape
     `(K, *variable.shape)`. Most aggregators are a weighting of the Gram
     matrix `G = sum_v J_v J_v^T` (K x K, whatever the model's size): they
-    implement `weights(gram, losses, training)`, and the update of each
+    implement `weighting(gram, losses, training)`, and the update of each
     variable is `sum_k w_k J_v[k]`. An aggregator that is not a weighting
     (GradDrop) sets `needs = "jacobians"` and overrides `aggregate`.
+
+    (The method is `weighting`, not `weights`: a Keras layer's `weights` is
+    the list of its variables, which Keras itself reads to save and train.)
 
     The fixed `task_weights` scale the task gradients before the rule sees
     them; the weights returned (and logged) are the ones in force on the
@@ -33,7 +36,7 @@ class Aggregator(Balancer):
 
     needs = "gram"
 
-    def weights(self, gram, losses=None, training=True):
+    def weighting(self, gram, losses=None, training=True):
         """(K,) weights from the (K, K) Gram matrix of the (weighted) task
         gradients and, for rules that use them, the (weighted) losses."""
         raise NotImplementedError
@@ -52,7 +55,7 @@ class Aggregator(Balancer):
         scaled = ops.multiply(gram, ops.multiply(c[:, None], c[None, :]))
         if losses is not None:
             losses = ops.multiply(ops.cast(losses, gram.dtype), c)
-        return ops.multiply(self.weights(scaled, losses, training=training), c)
+        return ops.multiply(self.weighting(scaled, losses, training=training), c)
 
     def aggregate(self, jacobians, losses=None, training=True):
         """Combines per-variable Jacobians of the unweighted task losses.

@@ -102,7 +102,12 @@ def select_last_shared_layer(variables, flags):
     return [f and layer_of[i] == last for i, f in enumerate(flags)]
 
 
-def aggregate(balancer, jacobians, losses, scale, training=True, gram_jacobians=None):
+def _finite_or_zero(x):
+    return ops.where(ops.isfinite(x), x, ops.zeros_like(x))
+
+
+def aggregate(balancer, jacobians, losses, scale, training=True, gram_jacobians=None,
+              sanitize=False):
     """Combines the shared Jacobians.
 
     Args:
@@ -113,6 +118,8 @@ def aggregate(balancer, jacobians, losses, scale, training=True, gram_jacobians=
         scale: the loss scale the Jacobians carry.
         gram_jacobians: the Jacobians whose Gram matrix the balancer weighs,
             when it is not all of them (GradNorm: the last shared layer).
+        sanitize: give the balancer zeros for non-finite entries (the step
+            will be skipped anyway; a solver must not fail on them).
 
     Returns:
         `(directions, weights, gram)`: per shared variable the combined
@@ -120,8 +127,12 @@ def aggregate(balancer, jacobians, losses, scale, training=True, gram_jacobians=
         the unscaled Gram matrix.
     """
     scale = ops.cast(scale, "float32")
+    if sanitize:
+        losses = _finite_or_zero(losses)
     if getattr(balancer, "needs", "gram") == "jacobians":
         unscaled = [ops.divide(j, ops.cast(scale, j.dtype)) for j in jacobians]
+        if sanitize:
+            unscaled = [_finite_or_zero(j) for j in unscaled]
         directions, weights = balancer.aggregate(unscaled, losses, training=training)
         directions = [ops.multiply(d, ops.cast(scale, d.dtype)) for d in directions]
         return directions, weights, gram_matrix(unscaled)
@@ -131,6 +142,8 @@ def aggregate(balancer, jacobians, losses, scale, training=True, gram_jacobians=
         weighed = ops.divide(ops.cast(gram_matrix(gram_jacobians), "float32"), squared)
     else:
         weighed = gram
+    if sanitize:
+        weighed = _finite_or_zero(weighed)
     weights = balancer.gram_weights(weighed, losses, training=training)
     return [combine(weights, j) for j in jacobians], weights, gram
 
@@ -210,7 +223,8 @@ def shared_gram(variables, per_task, flags, scale):
 
 
 def gradient_step(balancer, variables, per_task, losses, scale, flags, *,
-                  check_gradients=True, all_reduce=None, replicas=1, gram_flags=None):
+                  check_gradients=True, all_reduce=None, replicas=1, gram_flags=None,
+                  sanitize=False):
     """The gradient-level part of a step, given the per-task gradients.
 
     Args:
@@ -228,6 +242,7 @@ def gradient_step(balancer, variables, per_task, losses, scale, flags, *,
         replicas: their number (the optimizer sums over them again).
         gram_flags: V booleans, the variables whose Gram matrix the balancer
             weighs (all shared ones when None).
+        sanitize: see `aggregate`.
 
     Returns:
         `(grads, weights, total, gram, finite)`: V gradients for the
@@ -246,7 +261,8 @@ def gradient_step(balancer, variables, per_task, losses, scale, flags, *,
     if gram_flags is not None:
         gram_jacobians = [j for j, i in zip(jacobians, shared) if gram_flags[i]]
     directions, weights, gram = aggregate(
-        balancer, jacobians, rule_losses, scale, training=True, gram_jacobians=gram_jacobians
+        balancer, jacobians, rule_losses, scale, training=True,
+        gram_jacobians=gram_jacobians, sanitize=sanitize,
     )
     grads = [None] * len(variables)
     for direction, i in zip(directions, shared):
@@ -256,7 +272,15 @@ def gradient_step(balancer, variables, per_task, losses, scale, flags, *,
             grads[i] = own_gradient(balancer.task_weights, [g[i] for g in per_task])
     total = ops.sum(ops.multiply(weights, ops.cast(losses, weights.dtype)))
     finite = task_finite_mask(losses, per_task if check_gradients else [[] for _ in per_task])
-    return grads, weights, total, gram, finite
+    return grads, weights, total, gram, _blame_losses_first(losses, finite)
+
+
+def _blame_losses_first(losses, finite):
+    """A non-finite loss can spoil the other tasks' gradients too (0 * inf
+    in a batched backward pass): when a loss is not finite, name the tasks
+    whose loss is not finite; otherwise those whose gradient is not."""
+    losses_ok = ops.isfinite(losses)
+    return ops.where(ops.all(losses_ok), finite, losses_ok)
 
 
 def loss_step_finite(losses, grads, check_gradients=True):
@@ -266,5 +290,5 @@ def loss_step_finite(losses, grads, check_gradients=True):
     finite = ops.isfinite(losses)
     if check_gradients:
         grads_ok = ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in grads if g is not None]))
-        finite = ops.logical_and(finite, grads_ok)
+        finite = _blame_losses_first(losses, ops.logical_and(finite, grads_ok))
     return finite

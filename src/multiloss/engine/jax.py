@@ -11,6 +11,7 @@ read back from it, as Keras's own JAX trainer does.
 """
 
 import jax
+import jax.extend.core as jax_core
 import jax.numpy as jnp
 import keras
 from keras import ops
@@ -18,42 +19,53 @@ from keras.utils import unpack_x_y_sample_weight
 
 from multiloss.engine import common
 
-__all__ = ["jit", "train_step", "value_and_grad", "task_reach"]
+__all__ = ["jit", "train_step", "value_and_grad", "trace_once"]
 
 
 def jit(fn):
     return jax.jit(fn)
 
 
-def task_reach(fn, params):
-    """For a function `fn(params) -> list of K scalars`, K lists of
-    booleans: whether output k depends on each leaf of `params`.
+def trace_once(fn, num_outputs, params):
+    """Traces `fn(params) -> (list of K scalars, aux)` once.
 
-    A walk over the jaxpr: an equation's outputs depend on the union of its
-    inputs' dependencies. Equations with inner jaxprs (calls, loops,
-    custom derivatives) are taken whole, which can only over-approximate:
-    a variable may be counted as reached, never missed.
+    Returns `(replay, reach)`: `replay(params)` computes the same values
+    from the recorded jaxpr (differentiable, no Python re-run of the
+    model), and `reach` holds K lists of booleans, whether task k depends
+    on each leaf of `params`.
+
+    `reach` comes from a walk over the jaxpr: an equation's outputs depend
+    on the union of its inputs' dependencies. Equations with inner jaxprs
+    (calls, loops, custom derivatives) are taken whole, which can only
+    over-approximate: a variable may be counted as reached, never missed.
     """
-    leaves, _ = jax.tree_util.tree_flatten(params)
-    closed = jax.make_jaxpr(lambda *flat: fn(jax.tree_util.tree_unflatten(
-        jax.tree_util.tree_structure(params), list(flat))))(*leaves)
+    leaves, tree = jax.tree_util.tree_flatten(params)
+
+    def flat_fn(*flat):
+        return fn(jax.tree_util.tree_unflatten(tree, list(flat)))
+
+    closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*leaves)
+    out_tree = jax.tree_util.tree_structure(out_shape)
     jaxpr = closed.jaxpr
-    deps = {}
-    for i, var in enumerate(jaxpr.invars):
-        deps[var] = frozenset([i])
+    deps = {var: frozenset([i]) for i, var in enumerate(jaxpr.invars)}
 
     def of(var):
-        return deps.get(var, frozenset()) if hasattr(var, "aval") and not _is_literal(var) else frozenset()
+        if isinstance(var, jax_core.Literal):
+            return frozenset()
+        return deps.get(var, frozenset())
 
     for eqn in jaxpr.eqns:
         union = frozenset().union(*(of(v) for v in eqn.invars))
         for out in eqn.outvars:
             deps[out] = union
-    return [[i in of(out) for i in range(len(leaves))] for out in jaxpr.outvars]
+    reach = [[i in of(out) for i in range(len(leaves))] for out in jaxpr.outvars[:num_outputs]]
+    as_fun = jax_core.jaxpr_as_fun(closed)
 
+    def replay(params):
+        flat = as_fun(*jax.tree_util.tree_leaves(params))
+        return jax.tree_util.tree_unflatten(out_tree, flat)
 
-def _is_literal(var):
-    return type(var).__name__ == "Literal"
+    return replay, reach
 
 
 def _scoped(variables, values):
@@ -72,15 +84,23 @@ def train_step(model, state, data):
     with _scoped(model.optimizer.variables, optimizer_values):
         scale = common.loss_scale(model.optimizer)
 
-    def forward(trainable_values, stack=True):
+    def model_forward(trainable_values):
         kwargs = {"training": True} if model._call_has_training_arg else {}
         y_pred, new_nt, added = model.stateless_call(
             trainable_values, non_trainable, x, return_losses=True, **kwargs
         )
         losses = tasks.values(
-            y, y_pred, sample_weight, added, model._aggregate_additional_loss, stack=stack
+            y, y_pred, sample_weight, added, model._aggregate_additional_loss, stack=False
         )
         return losses, (y_pred, new_nt)
+
+    # One trace of the model: the jaxpr gives which task reaches which
+    # variable (free at run time, in every mode) and is replayed below.
+    replay, reach = trace_once(model_forward, len(tasks), trainable)
+
+    def forward(trainable_values):
+        losses, aux = replay(trainable_values)
+        return jnp.stack(losses), aux
 
     def balancer_scope(trainable_values, nt_values):
         # The balancer's variables live among the model's (non-)trainable
@@ -90,9 +110,8 @@ def train_step(model, state, data):
 
     check_gradients = not model._loss_scaling
     gram = None
+    flags = model._shared_flags(reach, variables)
     if options.needs_task_gradients:
-        reach = task_reach(lambda tv: forward(tv, stack=False)[0], trainable)
-        flags = model._shared_flags(reach, variables)
         losses, vjp, (y_pred, new_nt) = jax.vjp(forward, trainable, has_aux=True)
         k = losses.shape[0]
         (jacobians,) = jax.vmap(vjp)(jnp.eye(k, dtype=losses.dtype) * scale)
@@ -106,6 +125,7 @@ def train_step(model, state, data):
                 balancer, variables, per_task, losses, scale, flags,
                 check_gradients=check_gradients,
                 gram_flags=model._gram_flags(variables, flags),
+                sanitize=options.guards,
             )
             extras = balancer.logs()
         new_nt = [scope.get_current_value(v) for v in nt_variables]

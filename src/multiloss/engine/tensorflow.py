@@ -35,18 +35,20 @@ def train_step(model, data):
     options = model._step_options
     saved = [(v, tf.identity(v.value)) for v in model.non_trainable_variables] if options.guards else None
     scale = common.loss_scale(model.optimizer)
-    with tf.GradientTape(persistent=options.needs_task_gradients) as tape:
+    # Persistent also in loss mode: the trace checks once that every task
+    # reaches a variable (gradients nothing uses are pruned from the graph).
+    with tf.GradientTape(persistent=True) as tape:
         y_pred = model._training_call(x)
-        losses = model.compute_task_losses(y, y_pred, sample_weight)
+        task_losses = model.compute_task_losses(y, y_pred, sample_weight, stack=False)
+        losses = ops.stack(task_losses)
         balancer = model.balancer
         # After the forward pass: it builds an unbuilt model.
         variables = list(model.trainable_variables)
         if options.mode == "loss":
             total, weights = balancer.combine(losses, training=True)
             scaled_total = ops.multiply(total, ops.cast(scale, total.dtype))
-        if options.needs_task_gradients:
-            scaled_tasks = tf.unstack(ops.multiply(losses, ops.cast(scale, losses.dtype)))
-    if options.needs_task_gradients:
+        scaled_tasks = [ops.multiply(task, ops.cast(scale, task.dtype)) for task in task_losses]
+    if options.needs_task_gradients or not model._reach_checked:
         per_task = [tape.gradient(task, variables) for task in scaled_tasks]
         flags = model._shared_flags([[g is not None for g in grads] for grads in per_task], variables)
     check_gradients = not model._loss_scaling
@@ -60,6 +62,7 @@ def train_step(model, data):
             ),
             replicas=1 if context is None else context.num_replicas_in_sync,
             gram_flags=model._gram_flags(variables, flags),
+            sanitize=options.guards,
         )
     else:
         grads = tape.gradient(scaled_total, variables)

@@ -31,16 +31,18 @@ def train_step(model, data):
     scale = common.loss_scale(model.optimizer)
     y_pred = model._training_call(x)
     model.zero_grad()
-    losses = model.compute_task_losses(y, y_pred, sample_weight)
+    task_losses = model.compute_task_losses(y, y_pred, sample_weight, stack=False)
+    losses = torch.stack(task_losses)
     balancer = model.balancer
     variables = list(model.trainable_variables)
     values = [v.value for v in variables]
     check_gradients = not model._loss_scaling
-    if options.needs_task_gradients:
-        scaled = losses * scale
+    if options.needs_task_gradients or not model._reach_checked:
+        # In loss mode only at the first step: every task must reach a variable.
         per_task = [
-            list(torch.autograd.grad(scaled[k], values, retain_graph=True, allow_unused=True))
-            for k in range(scaled.shape[0])
+            list(torch.autograd.grad(task * scale, values, retain_graph=True, allow_unused=True))
+            if task.requires_grad else [None] * len(values)
+            for task in task_losses
         ]
         flags = model._shared_flags([[g is not None for g in grads] for grads in per_task], variables)
     if options.mode == "gram":
@@ -49,6 +51,7 @@ def train_step(model, data):
                 balancer, variables, per_task, losses.detach(), scale, flags,
                 check_gradients=check_gradients,
                 gram_flags=model._gram_flags(variables, flags),
+                sanitize=options.guards,
             )
     else:
         total, weights = balancer.combine(losses, training=True)
