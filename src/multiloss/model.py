@@ -413,11 +413,7 @@ class MultiLossModel(keras.Model):
         self._reach_checked = True
 
     def _gram_flags(self, variables, flags):
-        """The variables whose Gram matrix the balancer weighs (None: all
-        shared ones)."""
-        if getattr(self.balancer, "gram_scope", "shared") == "last_shared_layer":
-            return common.select_last_shared_layer(variables, flags)
-        return None
+        return common.gram_flags_for(self.balancer, variables, flags)
 
     def _record_step(self, x, losses, weights, total, finite, gram, extras):
         """Updates the logs' trackers for one training step."""

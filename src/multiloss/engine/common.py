@@ -27,6 +27,7 @@ __all__ = [
     "gram_diagnostics",
     "task_finite_mask",
     "select_last_shared_layer",
+    "gram_flags_for",
     "gradient_step",
     "shared_gram",
     "loss_step_finite",
@@ -76,25 +77,36 @@ def loss_scale(optimizer):
     return ops.cast(optimizer.scale_loss(ops.ones((), "float32")), "float32")
 
 
-def shared_flags(reach, variables, shared_paths=None):
+def shared_flags(reach, variables, shared=None):
     """Per variable, whether it is shared.
 
     Args:
         reach: K lists (one per task) of V booleans: task k reaches
             variable v.
         variables: the V variables.
-        shared_paths: `None` for the automatic rule (reached by two or more
-            tasks), or the set of variable paths given to `compile(shared=)`.
+        shared: `None` for the automatic rule (reached by two or more
+            tasks); a set of variable paths (`compile(shared=...)`); or a
+            list of the shared variables themselves (custom loops).
     """
-    if shared_paths is not None:
-        return [v.path in shared_paths for v in variables]
-    return [sum(task[i] for task in reach) >= 2 for i in range(len(variables))]
+    if shared is None:
+        return [sum(task[i] for task in reach) >= 2 for i in range(len(variables))]
+    if isinstance(shared, (set, frozenset)):
+        return [v.path in shared for v in variables]
+    return [any(v is s for s in shared) for v in variables]
+
+
+def gram_flags_for(balancer, variables, flags):
+    """The variables whose Gram matrix `balancer` weighs: None (all shared
+    ones) unless it asks for the last shared layer's (GradNorm)."""
+    if getattr(balancer, "gram_scope", "shared") == "last_shared_layer":
+        return select_last_shared_layer(variables, flags)
+    return None
 
 
 def select_last_shared_layer(variables, flags):
     """Flags of the shared variables that belong to the last shared layer
     (in the model's variable order): GradNorm's `W`."""
-    layer_of = [v.path.rsplit("/", 1)[0] for v in variables]
+    layer_of = [getattr(v, "path", getattr(v, "name", "")).rsplit("/", 1)[0] for v in variables]
     shared_layers = [layer_of[i] for i, f in enumerate(flags) if f]
     if not shared_layers:
         return flags

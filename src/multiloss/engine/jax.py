@@ -10,6 +10,8 @@ Everything stateful (the balancer's Variables, the metrics) runs under a
 read back from it, as Keras's own JAX trainer does.
 """
 
+from typing import NamedTuple
+
 import jax
 import jax.extend.core as jax_core
 import jax.numpy as jnp
@@ -19,7 +21,10 @@ from keras.utils import unpack_x_y_sample_weight
 
 from multiloss.engine import common
 
-__all__ = ["jit", "train_step", "value_and_grad", "trace_once"]
+__all__ = [
+    "jit", "train_step", "value_and_grad", "balancer_state", "write_state", "BalancedGrads",
+    "trace_once",
+]
 
 
 def jit(fn):
@@ -168,6 +173,128 @@ def train_step(model, state, data):
     return logs, (new_trainable, new_nt, new_optimizer, new_metrics)
 
 
-def value_and_grad(fn, balancer):
-    """A transform for custom loops (see the module docstring)."""
-    raise NotImplementedError
+def balancer_state(balancer):
+    """The balancer's state as a list of arrays, for `value_and_grad`."""
+    return [v.value for v in balancer.variables]
+
+
+def write_state(balancer, state):
+    """Writes a state from `value_and_grad` back into the balancer's
+    Variables (to save it, or to use the balancer in `fit`)."""
+    for variable, value in zip(balancer.variables, state):
+        variable.assign(value)
+
+
+class BalancedGrads(NamedTuple):
+    """What a `value_and_grad` transform returns."""
+
+    losses: object  # (K,) task losses
+    grads: object  # gradients, in the structure of `params`
+    weights: object  # (K,) weights in force
+    state: list  # the balancer's new state
+    balancer_grads: list  # gradients of its trainable state (Uncertainty, IMTLL), else []
+    aux: object = None
+
+
+def value_and_grad(fn, balancer, has_aux=False, shared=None):
+    """The balanced `jax.value_and_grad` of a function returning K losses,
+    for custom training loops: pure, so it composes with `jax.jit`.
+
+    Args:
+        fn: `fn(params, *args)` returning a list of K scalar losses (or
+            `(losses, aux)` with `has_aux`). A list, not a stacked array: a
+            parameter reached by one loss only is then found task-specific.
+        balancer: a balancer built for K tasks; its state travels
+            explicitly (`balancer_state`, `write_state`).
+        shared: a pytree of booleans like `params` marking the shared
+            parameters (default: those two or more losses reach).
+
+    Returns:
+        `g(params, state, *args) -> BalancedGrads`, the same computation as
+        `MultiLossModel.fit`'s step.
+
+    Example:
+
+    ```python
+    import jax, jax.numpy as jnp, multiloss
+    from multiloss.engine.jax import value_and_grad, balancer_state
+
+    def losses(params, x):
+        h = jnp.tanh(x @ params["trunk"])
+        return [jnp.mean((h @ params["a"]) ** 2), jnp.mean((h @ params["b"] - 1) ** 2)]
+
+    params = {"trunk": jnp.ones((3, 4)) / 4, "a": jnp.ones((4, 1)), "b": -jnp.ones((4, 1))}
+    balancer = multiloss.aggregators.MGDA()
+    balancer.build((2,))
+    step = jax.jit(value_and_grad(losses, balancer))
+    state = balancer_state(balancer)
+    out = step(params, state, jnp.ones((8, 3)))
+    params = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, out.grads)
+    state = out.state
+    ```
+    """
+    from multiloss.aggregators.base import Aggregator
+
+    def as_list(out):
+        losses, aux = out if has_aux else (out, None)
+        if not isinstance(losses, (list, tuple)):
+            losses = [losses[i] for i in range(losses.shape[0])]
+        return list(losses), aux
+
+    def transformed(params, state, *args):
+        leaves, tree = jax.tree_util.tree_flatten(params)
+        if not balancer.built:
+            raise ValueError("Build the balancer for K tasks first: balancer.build((K,)).")
+        num_tasks = balancer.num_tasks
+        replay, reach = trace_once(
+            lambda flat: as_list(fn(jax.tree_util.tree_unflatten(tree, flat), *args)),
+            num_tasks, leaves,
+        )
+        shared_leaves = None
+        if shared is not None:
+            marks = jax.tree_util.tree_leaves(shared)
+            shared_leaves = [leaf for leaf, mark in zip(leaves, marks) if mark]
+        flags = common.shared_flags(reach, leaves, shared_leaves)
+        variables = balancer.variables
+
+        if isinstance(balancer, Aggregator):
+            def stacked(flat):
+                losses, aux = replay(flat)
+                return jnp.stack(losses), aux
+
+            losses, vjp, aux = jax.vjp(stacked, leaves, has_aux=True)
+            (jacobians,) = jax.vmap(vjp)(jnp.eye(num_tasks, dtype=losses.dtype))
+            per_task = [
+                [jacobians[i][t] if reach[t][i] else None for i in range(len(leaves))]
+                for t in range(num_tasks)
+            ]
+            with _scoped(variables, state) as scope:
+                grads, weights, _, _, _ = common.gradient_step(
+                    balancer, leaves, per_task, losses, 1.0, flags,
+                    gram_flags=common.gram_flags_for(balancer, leaves, flags),
+                )
+            new_state = [scope.get_current_value(v) for v in variables]
+            grads = [jnp.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves)]
+            return BalancedGrads(losses, jax.tree_util.tree_unflatten(tree, grads), weights,
+                                 new_state, [], aux)
+
+        trainable = list(balancer.trainable_variables)
+
+        def total_fn(flat, trainable_values):
+            losses, aux = replay(flat)
+            losses = jnp.stack(losses)
+            mapping = list(zip(variables, state)) + list(zip(trainable, trainable_values))
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                total, weights = balancer.combine(losses, training=True)
+            new_state = [scope.get_current_value(v) for v in variables]
+            return total, (losses, weights, new_state, aux)
+
+        position = {id(v): i for i, v in enumerate(variables)}
+        trainable_values = [state[position[id(v)]] for v in trainable]
+        (grads, balancer_grads), (losses, weights, new_state, aux) = jax.grad(
+            total_fn, argnums=(0, 1), has_aux=True
+        )(leaves, trainable_values)
+        return BalancedGrads(losses, jax.tree_util.tree_unflatten(tree, grads), weights,
+                             new_state, balancer_grads, aux)
+
+    return transformed

@@ -110,17 +110,58 @@ def _apply(model, grads, variables, finite, saved):
         ops.cond(ok, apply, restore)
 
 
-def gradient(tape, losses, variables, balancer):
-    """Balanced gradients from a `tf.GradientTape`, like `tape.gradient`.
+def gradient(tape, losses, variables, balancer, shared=None):
+    """Balanced gradients from a `tf.GradientTape`, in `tape.gradient`'s
+    idiom, for custom training loops.
 
     Args:
         tape: a persistent `tf.GradientTape` that recorded the losses.
-        losses: a list of K scalar losses, or a (K,) tensor.
-        variables: the variables to differentiate.
-        balancer: a `Weighting` or `Aggregator` built for K tasks.
+        losses: a list of K scalar losses (a list, not a stacked tensor: a
+            variable reached by one loss only is then found task-specific).
+        variables: the variables to differentiate. A balancer with trainable
+            state (`Uncertainty`, `IMTLL`) needs its `trainable_variables`
+            among them, and the optimizer applying them.
+        balancer: a balancer (built for K tasks on first use).
+        shared: the shared variables (default: those two or more losses
+            reach).
 
     Returns:
-        The list of gradients, one per variable (None where no loss reaches
-        it), and the (K,) weights in force.
+        `(grads, weights)`: one gradient per variable (None where no loss
+        reaches it) and the (K,) weights in force. The same computation as
+        `MultiLossModel.fit`'s step.
+
+    Example:
+
+    ```python
+    import keras, tensorflow as tf, multiloss
+    from multiloss.engine.tensorflow import gradient
+    trunk, head_a, head_b = (keras.layers.Dense(4), keras.layers.Dense(1), keras.layers.Dense(1))
+    x = tf.random.normal((8, 3))
+    balancer = multiloss.aggregators.MGDA()
+    with tf.GradientTape(persistent=True) as tape:
+        h = trunk(x)
+        losses = [tf.reduce_mean(head_a(h) ** 2), tf.reduce_mean((head_b(h) - 1) ** 2)]
+    variables = trunk.trainable_variables + head_a.trainable_variables + head_b.trainable_variables
+    grads, weights = gradient(tape, losses, variables, balancer)
+    keras.optimizers.SGD(0.1).apply(grads, variables)
+    ```
     """
-    raise NotImplementedError
+    from multiloss.aggregators.base import Aggregator
+
+    task_losses = list(losses) if isinstance(losses, (list, tuple)) else tf.unstack(losses)
+    variables = list(variables)
+    if not balancer.built:
+        balancer.build((len(task_losses),))
+    if isinstance(balancer, Aggregator):
+        per_task = [tape.gradient(task, variables) for task in task_losses]
+        flags = common.shared_flags(
+            [[g is not None for g in grads] for grads in per_task], variables, shared
+        )
+        grads, weights, _, _, _ = common.gradient_step(
+            balancer, variables, per_task, tf.stack(task_losses), 1.0, flags,
+            gram_flags=common.gram_flags_for(balancer, variables, flags),
+        )
+        return grads, weights
+    with tape:  # record the balancer's total on the same tape
+        total, weights = balancer.combine(tf.stack(task_losses), training=True)
+    return tape.gradient(total, variables), weights

@@ -70,15 +70,70 @@ def train_step(model, data):
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
-def backward(losses, params, balancer):
-    """Fills `.grad` of `params` with the balanced gradient of `losses`.
+def backward(losses, params, balancer, shared=None):
+    """Fills `.grad` of `params` with the balanced gradient of `losses`, in
+    `loss.backward()`'s idiom (gradients accumulate into `.grad`), for
+    custom training loops.
 
     Args:
-        losses: a list of K scalar losses, or a (K,) tensor.
-        params: the parameters (torch tensors or Keras variables).
-        balancer: a `Weighting` or `Aggregator` built for K tasks.
+        losses: a list of K scalar losses (a list, not a stacked tensor: a
+            parameter reached by one loss only is then found task-specific).
+        params: the parameters: torch tensors or Keras variables. A balancer
+            with trainable state (`Uncertainty`, `IMTLL`) has its own
+            `trainable_variables`, whose `.value.grad` this fills too; give
+            them to the optimizer.
+        balancer: a balancer (built for K tasks on first use).
+        shared: the shared parameters (default: those two or more losses
+            reach).
 
     Returns:
-        The (K,) weights in force.
+        The (K,) weights in force. The same computation as
+        `MultiLossModel.fit`'s step.
+
+    Example:
+
+    ```python
+    import torch, multiloss
+    from multiloss.engine.torch import backward
+    trunk, head_a, head_b = torch.nn.Linear(3, 4), torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)
+    params = [*trunk.parameters(), *head_a.parameters(), *head_b.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    x = torch.randn(8, 3)
+    h = trunk(x)
+    losses = [(head_a(h) ** 2).mean(), ((head_b(h) - 1) ** 2).mean()]
+    optimizer.zero_grad()
+    weights = backward(losses, params, multiloss.aggregators.MGDA())
+    optimizer.step()
+    ```
     """
-    raise NotImplementedError
+    from multiloss.aggregators.base import Aggregator
+
+    task_losses = list(losses) if isinstance(losses, (list, tuple)) else list(losses.unbind())
+    tensors = [p.value if hasattr(p, "value") and not isinstance(p, torch.Tensor) else p
+               for p in params]
+    if not balancer.built:
+        balancer.build((len(task_losses),))
+    if isinstance(balancer, Aggregator):
+        per_task = [
+            list(torch.autograd.grad(task, tensors, retain_graph=True, allow_unused=True))
+            if task.requires_grad else [None] * len(tensors)
+            for task in task_losses
+        ]
+        shared_tensors = None if shared is None else [
+            s.value if hasattr(s, "value") and not isinstance(s, torch.Tensor) else s for s in shared
+        ]
+        flags = common.shared_flags(
+            [[g is not None for g in grads] for grads in per_task], tensors, shared_tensors
+        )
+        with torch.no_grad():
+            grads, weights, _, _, _ = common.gradient_step(
+                balancer, tensors, per_task, torch.stack(task_losses).detach(), 1.0, flags,
+                gram_flags=common.gram_flags_for(balancer, list(params), flags),
+            )
+            for tensor, grad in zip(tensors, grads):
+                if grad is not None:
+                    tensor.grad = grad.clone() if tensor.grad is None else tensor.grad + grad
+        return weights
+    total, weights = balancer.combine(torch.stack(task_losses), training=True)
+    total.backward()
+    return weights.detach()
