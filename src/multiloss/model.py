@@ -28,6 +28,19 @@ class _CompileArgs:
     diagnostics: bool
     nonfinite: str
     shared: object  # as given: None or a list of layer names, layers, variables
+    representation: object  # None or a layer name
+
+
+@dataclasses.dataclass(frozen=True)
+class _Representation:
+    """The model split at the representation layer's output: `trunk` maps
+    the inputs to it, `heads` maps it to the outputs (both share the
+    model's layers and variables; kept out of Keras's tracking so that
+    nothing is saved twice)."""
+
+    layer: str
+    trunk: object
+    heads: object
 
 
 @keras.saving.register_keras_serializable(package="multiloss")
@@ -78,6 +91,7 @@ class MultiLossModel(keras.Model):
     _compile_args = None
     _tasks = None
     _reach_checked = False
+    _representation = None
 
     def __new__(cls, *args, **kwargs):
         if _keras.functional_init_arguments(args, kwargs) and not issubclass(
@@ -109,6 +123,7 @@ class MultiLossModel(keras.Model):
         diagnostics=False,
         nonfinite="raise",
         shared=None,
+        representation=None,
     ):
         """Configures the model for training; Keras's arguments plus:
 
@@ -135,6 +150,11 @@ class MultiLossModel(keras.Model):
                 names, layers or variables. Default: every variable that two
                 or more tasks reach. Any other variable gets the gradient of
                 the tasks that reach it (a task's head: its own task's).
+            representation: the name of a shared layer of a functional model:
+                a gradient-level balancer then weighs the per-task gradients
+                with respect to that layer's output (MGDA-UB), and the layers
+                below it need one backward pass instead of K. Every task must
+                pass through that layer.
         """
         # Check everything before changing anything: a failed compile leaves
         # the model as it was.
@@ -147,8 +167,11 @@ class MultiLossModel(keras.Model):
             )
         if not isinstance(diagnostics, bool):
             raise ValueError(f"compile(diagnostics={diagnostics!r}) must be True or False.")
+        if representation is not None:
+            self._check_representation(representation, resolved_balancer)
         args = _CompileArgs(
-            loss, loss_weights, balancer, resolved_balancer, diagnostics, nonfinite, shared
+            loss, loss_weights, balancer, resolved_balancer, diagnostics, nonfinite, shared,
+            representation,
         )
         inputs = self._symbolic_inputs()
         tasks = self._resolve_tasks(args, inputs) if inputs is not None else None
@@ -167,10 +190,15 @@ class MultiLossModel(keras.Model):
         )
         self.loss = loss
         self._compile_args = args
+        mode = "gram" if isinstance(resolved_balancer, Aggregator) else "loss"
         self._step_options = common.StepOptions(
-            mode="gram" if isinstance(resolved_balancer, Aggregator) else "loss",
+            mode="representation" if representation is not None else mode,
             diagnostics=diagnostics,
             nonfinite=nonfinite,
+            representation=representation,
+        )
+        self._representation = (
+            None if representation is None else self._split_at(representation)
         )
         self._tasks = None
         if tasks is not None:
@@ -252,6 +280,37 @@ class MultiLossModel(keras.Model):
                 f"The balancer {balancer.name!r} was built for {balancer.num_tasks} "
                 f"tasks; this model has {len(tasks)}: {list(tasks.names)}."
             )
+
+    def _check_representation(self, name, balancer):
+        if not isinstance(balancer, Aggregator):
+            raise ValueError(
+                f"compile(representation={name!r}) needs a gradient-level balancer "
+                f"(multiloss.aggregators); {type(balancer).__name__} weighs losses."
+            )
+        if not isinstance(self, _keras.Functional):
+            raise ValueError(
+                f"compile(representation={name!r}) needs a functional model: the "
+                "model is split at that layer's output."
+            )
+        names = [layer.name for layer in self.layers]
+        if name not in names:
+            raise ValueError(
+                f"compile(representation={name!r}): the model has no such layer; its "
+                f"layers are {names}."
+            )
+
+    def _split_at(self, name):
+        layer = self.get_layer(name)
+        try:
+            z = layer.output
+        except (AttributeError, ValueError) as e:
+            raise ValueError(
+                f"compile(representation={name!r}): the layer must be called once, "
+                f"with one output ({e})."
+            ) from None
+        return _Representation(
+            name, keras.Model(self.input, z), keras.Model(z, self.output)
+        )
 
     def _resolve_shared(self, shared):
         """`compile(shared=...)` as a set of variable paths (None: automatic)."""
@@ -383,7 +442,10 @@ class MultiLossModel(keras.Model):
     def train_step(self, *args):
         # One implementation per backend, in the engine (JAX's step takes
         # the state as well as the data).
-        return engine.backend_module().train_step(self, *args)
+        module = engine.backend_module()
+        if self._step_options.mode == "representation":
+            return module.representation_train_step(self, *args)
+        return module.train_step(self, *args)
 
     def _training_call(self, x):
         if self._call_has_training_arg:
@@ -472,6 +534,7 @@ class MultiLossModel(keras.Model):
             diagnostics=args.diagnostics,
             nonfinite=args.nonfinite,
             shared=shared,
+            representation=args.representation,
         )
         return config
 

@@ -29,6 +29,7 @@ __all__ = [
     "select_last_shared_layer",
     "gram_flags_for",
     "gradient_step",
+    "representation_step",
     "shared_gram",
     "loss_step_finite",
 ]
@@ -304,3 +305,51 @@ def loss_step_finite(losses, grads, check_gradients=True):
         grads_ok = ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in grads if g is not None]))
         finite = _blame_losses_first(losses, ops.logical_and(finite, grads_ok))
     return finite
+
+
+def representation_step(balancer, task_names, head_variables, per_task_heads, z_grads, losses,
+                        scale, *, check_gradients=True, sanitize=False):
+    """The representation-level part of a step (MGDA-UB's approximation).
+
+    The balancer weighs the per-task gradients with respect to a shared
+    layer's output `z` (its Gram matrix sums over the batch and features);
+    the trunk below `z` then needs a single backward pass, of the combined
+    `z` gradient. Above `z`, a variable that two or more tasks reach gets
+    the weighted sum of their gradients, any other its task's own.
+
+    Args:
+        balancer: an `Aggregator`.
+        task_names: the K task names (for errors).
+        head_variables: the variables above `z`.
+        per_task_heads: K lists of their gradients (None where unreached).
+        z_grads: K gradients of the scaled task losses w.r.t. `z` (None for
+            a task that does not pass through `z`).
+        losses: (K,) unweighted task losses.
+        scale: the loss scale the gradients carry.
+
+    Returns:
+        `(head_grads, z_cotangent, weights, total, gram, finite)`.
+    """
+    missing = [name for name, g in zip(task_names, z_grads) if g is None]
+    if missing:
+        raise ValueError(
+            f"Task(s) {missing} do not pass through the representation layer, so "
+            "representation mode cannot weigh them (a loss added by a layer below "
+            "it, or a weight regulariser there, is such a task). Use parameter "
+            "mode (no `representation=`), or add those losses above the layer."
+        )
+    z_jacobian = ops.stack(z_grads)
+    directions, weights, gram = aggregate(
+        balancer, [z_jacobian], losses, scale, training=True, sanitize=sanitize
+    )
+    head_grads = []
+    for i, variable in enumerate(head_variables):
+        column = [g[i] for g in per_task_heads]
+        if sum(g is not None for g in column) >= 2:
+            head_grads.append(combine(weights, _stack_task_gradients(per_task_heads, i, variable)))
+        else:
+            head_grads.append(own_gradient(balancer.task_weights, column))
+    total = ops.sum(ops.multiply(weights, ops.cast(losses, weights.dtype)))
+    checked = [[z] + list(h) for z, h in zip(z_grads, per_task_heads)]
+    finite = task_finite_mask(losses, checked if check_gradients else [[] for _ in checked])
+    return head_grads, directions[0], weights, total, gram, _blame_losses_first(losses, finite)

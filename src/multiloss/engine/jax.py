@@ -22,7 +22,7 @@ from keras.utils import unpack_x_y_sample_weight
 from multiloss.engine import common
 
 __all__ = [
-    "jit", "train_step", "value_and_grad", "balancer_state", "write_state", "BalancedGrads",
+    "jit", "train_step", "representation_train_step", "value_and_grad", "balancer_state", "write_state", "BalancedGrads",
     "trace_once",
 ]
 
@@ -150,10 +150,103 @@ def train_step(model, state, data):
             gram = common.shared_gram(variables, per_task, flags, scale)
         finite = common.loss_step_finite(losses, grads, check_gradients)
 
+    return _finish(model, state, x, y, sample_weight, y_pred, grads, new_nt, losses, weights,
+                   total, finite, gram, extras)
+
+
+def representation_train_step(model, state, data):
+    """The step of `compile(representation=...)`: K backward passes through
+    the heads only (batched), one through the trunk."""
+    trainable, non_trainable, optimizer_values, metrics_values = state
+    x, y, sample_weight = unpack_x_y_sample_weight(data)
+    options = model._step_options
+    balancer = model.balancer
+    tasks = model._tasks
+    trunk, heads = model._representation.trunk, model._representation.heads
+    variables = list(model.trainable_variables)
+    nt_variables = list(model.non_trainable_variables)
+    index = {id(v): i for i, v in enumerate(variables)}
+    nt_index = {id(v): i for i, v in enumerate(nt_variables)}
+
+    def pick(sub_variables, values, where):
+        return [values[where[id(v)]] for v in sub_variables]
+
+    with _scoped(model.optimizer.variables, optimizer_values):
+        scale = common.loss_scale(model.optimizer)
+    kwargs = {"training": True} if model._call_has_training_arg else {}
+
+    def trunk_fn(trunk_values):
+        z, trunk_nt, added = trunk.stateless_call(
+            trunk_values, pick(trunk.non_trainable_variables, non_trainable, nt_index), x,
+            return_losses=True, **kwargs,
+        )
+        return z, (trunk_nt, added)
+
+    trunk_values = pick(trunk.trainable_variables, trainable, index)
+    z, trunk_vjp, (trunk_nt, trunk_added) = jax.vjp(trunk_fn, trunk_values, has_aux=True)
+
+    def heads_fn(params):
+        head_values, z_value = params
+        y_pred, heads_nt, added = heads.stateless_call(
+            head_values, pick(heads.non_trainable_variables, non_trainable, nt_index), z_value,
+            return_losses=True, **kwargs,
+        )
+        losses = tasks.values(
+            y, y_pred, sample_weight, list(trunk_added) + list(added),
+            model._aggregate_additional_loss, stack=False,
+        )
+        return losses, (y_pred, heads_nt)
+
+    head_values = pick(heads.trainable_variables, trainable, index)
+    replay, reach = trace_once(heads_fn, len(tasks), (head_values, z))
+    num_heads = len(head_values)
+
+    def stacked(params):
+        losses, aux = replay(params)
+        return jnp.stack(losses), aux
+
+    losses, heads_vjp, (y_pred, heads_nt) = jax.vjp(stacked, (head_values, z), has_aux=True)
+    k = losses.shape[0]
+    ((head_jacobians, z_jacobian),) = jax.vmap(heads_vjp)(jnp.eye(k, dtype=losses.dtype) * scale)
+    z_reached = [row[num_heads] for row in reach]
+    per_task_heads = [
+        [head_jacobians[i][t] if reach[t][i] else None for i in range(num_heads)]
+        for t in range(k)
+    ]
+    z_grads = [z_jacobian[t] if z_reached[t] else None for t in range(k)]
+
+    new_nt = list(non_trainable)
+    for v, value in zip(trunk.non_trainable_variables, trunk_nt):
+        new_nt[nt_index[id(v)]] = value
+    for v, value in zip(heads.non_trainable_variables, heads_nt):
+        new_nt[nt_index[id(v)]] = value
+    with _scoped(variables + nt_variables, list(trainable) + new_nt) as scope:
+        head_grads, z_cotangent, weights, total, gram, finite = common.representation_step(
+            balancer, tasks.names, heads.trainable_variables, per_task_heads, z_grads, losses,
+            scale, check_gradients=not model._loss_scaling, sanitize=options.guards,
+        )
+        extras = balancer.logs()
+    new_nt = [scope.get_current_value(v) for v in nt_variables]
+    (trunk_grads,) = trunk_vjp(z_cotangent)
+    grads = [None] * len(variables)
+    for v, g in zip(trunk.trainable_variables, trunk_grads):
+        grads[index[id(v)]] = g
+    for v, g in zip(heads.trainable_variables, head_grads):
+        grads[index[id(v)]] = g
+    grads = [jnp.zeros_like(t) if g is None else g for g, t in zip(grads, trainable)]
+    return _finish(model, state, x, y, sample_weight, y_pred, grads, new_nt, losses, weights,
+                   total, finite, gram, extras)
+
+
+def _finish(model, state, x, y, sample_weight, y_pred, grads, new_nt, losses, weights, total,
+            finite, gram, extras):
+    """Applies the gradients (or keeps the old state for a skipped step) and
+    updates the metrics: the end of every JAX step."""
+    trainable, non_trainable, optimizer_values, metrics_values = state
     new_trainable, new_optimizer = model.optimizer.stateless_apply(
         optimizer_values, grads, trainable
     )
-    if options.guards:
+    if model._step_options.guards:
         ok = jnp.all(finite)
 
         def keep(new, old):

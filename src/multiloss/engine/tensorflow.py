@@ -13,7 +13,7 @@ from keras.utils import unpack_x_y_sample_weight
 
 from multiloss.engine import common
 
-__all__ = ["jit", "train_step", "gradient"]
+__all__ = ["jit", "train_step", "representation_train_step", "gradient"]
 
 
 def jit(fn):
@@ -73,6 +73,46 @@ def train_step(model, data):
     _apply(model, grads, variables, finite if options.guards else None, saved)
     model._record_step(x, losses, weights, total, finite, gram, extras)
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def representation_train_step(model, data):
+    """The step of `compile(representation=...)`: K backward passes through
+    the heads only, one through the trunk."""
+    x, y, sample_weight = unpack_x_y_sample_weight(data)
+    options = model._step_options
+    trunk, heads = model._representation.trunk, model._representation.heads
+    saved = [(v, tf.identity(v.value)) for v in model.non_trainable_variables] if options.guards else None
+    scale = common.loss_scale(model.optimizer)
+    with tf.GradientTape(persistent=True) as tape:
+        z = trunk(x, training=True)
+        y_pred = heads(z, training=True)
+        task_losses = model.compute_task_losses(y, y_pred, sample_weight, stack=False)
+        losses = ops.stack(task_losses)
+        scaled_tasks = [ops.multiply(task, ops.cast(scale, task.dtype)) for task in task_losses]
+    balancer = model.balancer
+    head_variables = list(heads.trainable_variables)
+    trunk_variables = list(trunk.trainable_variables)
+    per_task = [tape.gradient(task, [z] + head_variables) for task in scaled_tasks]
+    head_grads, z_cotangent, weights, total, gram, finite = common.representation_step(
+        balancer, model.task_names, head_variables, [g[1:] for g in per_task],
+        [g[0] for g in per_task], losses, scale,
+        check_gradients=not model._loss_scaling, sanitize=options.guards,
+    )
+    trunk_grads = tape.gradient(z, trunk_variables, output_gradients=z_cotangent)
+    del tape
+    variables, grads = _in_model_order(
+        model, trunk_variables + head_variables, list(trunk_grads) + head_grads
+    )
+    extras = balancer.logs()
+    _apply(model, grads, variables, finite if options.guards else None, saved)
+    model._record_step(x, losses, weights, total, finite, gram, extras)
+    return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def _in_model_order(model, variables, grads):
+    by_id = {id(v): g for v, g in zip(variables, grads)}
+    ordered = [v for v in model.trainable_variables if id(v) in by_id]
+    return ordered, [by_id[id(v)] for v in ordered]
 
 
 def _apply(model, grads, variables, finite, saved):

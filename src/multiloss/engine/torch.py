@@ -13,7 +13,7 @@ from keras.utils import unpack_x_y_sample_weight
 
 from multiloss.engine import common
 
-__all__ = ["jit", "train_step", "backward"]
+__all__ = ["jit", "train_step", "representation_train_step", "backward"]
 
 
 def jit(fn):
@@ -67,6 +67,54 @@ def train_step(model, data):
             model.optimizer.apply(grads, variables)
         model._record_step(x, losses.detach(), weights.detach(), total.detach(), finite, gram,
                            balancer.logs())
+    return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def representation_train_step(model, data):
+    """The step of `compile(representation=...)`: K backward passes through
+    the heads only, one through the trunk."""
+    x, y, sample_weight = unpack_x_y_sample_weight(data)
+    options = model._step_options
+    trunk, heads = model._representation.trunk, model._representation.heads
+    saved = (
+        [(v, v.value.detach().clone()) for v in model.non_trainable_variables]
+        if options.guards else None
+    )
+    scale = common.loss_scale(model.optimizer)
+    z = trunk(x, training=True)
+    y_pred = heads(z, training=True)
+    model.zero_grad()
+    task_losses = model.compute_task_losses(y, y_pred, sample_weight, stack=False)
+    losses = torch.stack(task_losses)
+    balancer = model.balancer
+    head_variables = list(heads.trainable_variables)
+    trunk_variables = list(trunk.trainable_variables)
+    targets = [z] + [v.value for v in head_variables]
+    per_task = [
+        list(torch.autograd.grad(task * scale, targets, retain_graph=True, allow_unused=True))
+        if task.requires_grad else [None] * len(targets)
+        for task in task_losses
+    ]
+    with torch.no_grad():
+        head_grads, z_cotangent, weights, total, gram, finite = common.representation_step(
+            balancer, model.task_names, head_variables, [g[1:] for g in per_task],
+            [g[0] for g in per_task], losses.detach(), scale,
+            check_gradients=not model._loss_scaling, sanitize=options.guards,
+        )
+    trunk_grads = torch.autograd.grad(
+        z, [v.value for v in trunk_variables], grad_outputs=z_cotangent, allow_unused=True
+    )
+    by_id = {id(v): g for v, g in zip(trunk_variables + head_variables,
+                                      list(trunk_grads) + list(head_grads))}
+    variables = [v for v in model.trainable_variables if id(v) in by_id]
+    grads = [by_id[id(v)] for v in variables]
+    with torch.no_grad():
+        if options.guards and not bool(torch.all(finite)):
+            for variable, value in saved:
+                variable.assign(value)
+        else:
+            model.optimizer.apply(grads, variables)
+        model._record_step(x, losses.detach(), weights, total, finite, gram, balancer.logs())
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
