@@ -3,10 +3,14 @@
 - `MultiLossModel`: a `keras.Model` whose loss terms are named tasks.
 - `CombinedLoss`: several losses on one output, each its own task.
 - `multiloss.weighting`: balancers from loss values.
+- `multiloss.aggregators`: balancers from per-task gradients.
 - `multiloss.callbacks`: `WeightSchedule`.
+- `multiloss.diagnose`: measure the domination effect.
+- `multiloss.engine`: the backend-specific step and the custom-loop helpers.
 """
 
 from multiloss import aggregators, balancer, callbacks, engine, weighting
+from multiloss.diagnostics import diagnose
 from multiloss.losses import CombinedLoss
 from multiloss.model import MultiLossModel
 from multiloss.tasks import ADDED_LOSS
@@ -20,6 +24,7 @@ __all__ = [
     "aggregators",
     "balancer",
     "callbacks",
+    "diagnose",
     "engine",
     "weighting",
 ]

@@ -24,6 +24,7 @@ from multiloss.engine import common
 __all__ = [
     "jit", "train_step", "representation_train_step", "value_and_grad", "balancer_state", "write_state", "BalancedGrads",
     "trace_once",
+    "task_gram",
 ]
 
 
@@ -391,3 +392,45 @@ def value_and_grad(fn, balancer, has_aux=False, shared=None):
                              new_state, balancer_grads, aux)
 
     return transformed
+
+
+def task_gram(model):
+    """A compiled function `(x, y, sample_weight) -> (losses, gram)`: the
+    task losses and the Gram matrix of their gradients over the shared
+    variables, in inference mode, changing nothing."""
+    variables = list(model.trainable_variables)
+    tasks = model._tasks
+
+    @jax.jit
+    def compute(trainable, non_trainable, x, y, sample_weight):
+        def forward(trainable_values):
+            kwargs = {"training": False} if model._call_has_training_arg else {}
+            y_pred, _, added = model.stateless_call(
+                trainable_values, non_trainable, x, return_losses=True, **kwargs
+            )
+            losses = tasks.values(
+                y, y_pred, sample_weight, added, model._aggregate_additional_loss, stack=False
+            )
+            return losses, None
+
+        replay, reach = trace_once(forward, len(tasks), trainable)
+        flags = model._shared_flags(reach, variables)
+
+        def stacked(values):
+            return jnp.stack(replay(values)[0])
+
+        losses, vjp = jax.vjp(stacked, trainable)
+        (jacobians,) = jax.vmap(vjp)(jnp.eye(losses.shape[0], dtype=losses.dtype))
+        per_task = [
+            [jacobians[i][t] if reach[t][i] else None for i in range(len(variables))]
+            for t in range(losses.shape[0])
+        ]
+        return losses, common.shared_gram(variables, per_task, flags, 1.0)
+
+    def call(x, y, sample_weight):
+        return compute(
+            [v.value for v in variables], [v.value for v in model.non_trainable_variables],
+            x, y, sample_weight,
+        )
+
+    return call

@@ -13,7 +13,7 @@ from keras.utils import unpack_x_y_sample_weight
 
 from multiloss.engine import common
 
-__all__ = ["jit", "train_step", "representation_train_step", "gradient"]
+__all__ = ["jit", "train_step", "representation_train_step", "gradient", "task_gram"]
 
 
 def jit(fn):
@@ -205,3 +205,21 @@ def gradient(tape, losses, variables, balancer, shared=None):
     with tape:  # record the balancer's total on the same tape
         total, weights = balancer.combine(tf.stack(task_losses), training=True)
     return tape.gradient(total, variables), weights
+
+
+def task_gram(model):
+    """A compiled function `(x, y, sample_weight) -> (losses, gram)`: the
+    task losses and the Gram matrix of their gradients over the shared
+    variables, in inference mode, changing nothing."""
+
+    @tf.function(reduce_retracing=True)
+    def compute(x, y, sample_weight):
+        with tf.GradientTape(persistent=True) as tape:
+            y_pred = model(x, training=False)
+            task_losses = model.compute_task_losses(y, y_pred, sample_weight, stack=False)
+        variables = list(model.trainable_variables)
+        per_task = [tape.gradient(task, variables) for task in task_losses]
+        flags = model._shared_flags([[g is not None for g in grads] for grads in per_task], variables)
+        return ops.stack(task_losses), common.shared_gram(variables, per_task, flags, 1.0)
+
+    return compute

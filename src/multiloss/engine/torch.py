@@ -13,7 +13,7 @@ from keras.utils import unpack_x_y_sample_weight
 
 from multiloss.engine import common
 
-__all__ = ["jit", "train_step", "representation_train_step", "backward"]
+__all__ = ["jit", "train_step", "representation_train_step", "backward", "task_gram"]
 
 
 def jit(fn):
@@ -185,3 +185,25 @@ def backward(losses, params, balancer, shared=None):
     total, weights = balancer.combine(torch.stack(task_losses), training=True)
     total.backward()
     return weights.detach()
+
+
+def task_gram(model):
+    """A function `(x, y, sample_weight) -> (losses, gram)`: the task losses
+    and the Gram matrix of their gradients over the shared variables, in
+    inference mode, changing nothing."""
+
+    def compute(x, y, sample_weight):
+        y_pred = model(x, training=False)
+        task_losses = model.compute_task_losses(y, y_pred, sample_weight, stack=False)
+        variables = list(model.trainable_variables)
+        values = [v.value for v in variables]
+        per_task = [
+            list(torch.autograd.grad(task, values, retain_graph=True, allow_unused=True))
+            if task.requires_grad else [None] * len(values)
+            for task in task_losses
+        ]
+        flags = model._shared_flags([[g is not None for g in grads] for grads in per_task], variables)
+        with torch.no_grad():
+            return torch.stack(task_losses).detach(), common.shared_gram(variables, per_task, flags, 1.0)
+
+    return compute
