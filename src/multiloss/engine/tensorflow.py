@@ -125,29 +125,43 @@ def _apply(model, grads, variables, finite, saved):
         # Not inside a cond branch: the first trace may create variables at
         # its top level only.
         model.optimizer.build(variables)
+    context = _replica_context()
+    if context is not None:
+        # Every replica must take the same branch.
+        bad = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), "float32"))
+        finite = tf.equal(bad, 0.0)
     ok = tf.reduce_all(finite)
+    pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+    saved_variables = [v for v, _ in saved]
 
-    def apply():
-        model.optimizer.apply(grads, variables)
+    def apply(grads):
+        model.optimizer.apply(grads, [v for _, v in pairs])
 
-    def restore():
-        for variable, value in saved:
+    def restore(values):
+        for variable, value in zip(saved_variables, values):
             variable.assign(value)
 
     if tf.distribute.has_strategy() and not tf.__internal__.distribute.strategy_supports_no_merge_call():
         # The optimizer calls merge_call, which a cond branch may only do
-        # from cross-replica context (as Keras's LossScaleOptimizer does).
-        def cross_replica(strategy, ok):
+        # from cross-replica context (as Keras's LossScaleOptimizer does);
+        # each replica's own values travel as merge_call arguments.
+        def cross_replica(strategy, ok, grads, values):
             flag = strategy.experimental_local_results(ok)[0]
             tf.cond(
                 flag,
-                lambda: strategy.extended.call_for_each_replica(apply),
-                lambda: strategy.extended.call_for_each_replica(restore),
+                lambda: strategy.extended.call_for_each_replica(apply, args=(grads,)),
+                lambda: strategy.extended.call_for_each_replica(restore, args=(values,)),
             )
 
-        tf.distribute.get_replica_context().merge_call(cross_replica, args=(ok,))
+        tf.distribute.get_replica_context().merge_call(
+            cross_replica, args=(ok, [g for g, _ in pairs], [value for _, value in saved])
+        )
     else:
-        ops.cond(ok, apply, restore)
+        ops.cond(
+            ok,
+            lambda: apply([g for g, _ in pairs]),
+            lambda: restore([value for _, value in saved]),
+        )
 
 
 def gradient(tape, losses, variables, balancer, shared=None):
