@@ -197,3 +197,29 @@ def test_a_task_without_gradient_path_is_named():
     x = np.ones((8, 4), "float32")
     with pytest.raises(ValueError, match=r"\['copy'\] have no gradient path"):
         model.fit(x, {"a": x[:, :1], "copy": x[:, :1]}, epochs=1, verbose=0)
+
+
+def test_evaluation_of_an_aggregator_uses_the_fixed_weights():
+    x, y = _batch()
+    model = two_head(ML, seed=3)
+    model.compile("sgd", loss=LOSS, loss_weights={"b": 0.5}, balancer="mgda")
+    logs = model.evaluate(x, y, batch_size=len(x), return_dict=True, verbose=0)
+    assert logs["b_weight"] == pytest.approx(0.5)
+    assert logs["loss"] == pytest.approx(logs["a_loss"] + 0.5 * logs["b_loss"], rel=1e-5)
+
+
+def test_mixed_precision_trains_with_an_aggregator():
+    x, y = _batch(32)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = two_head(ML, seed=3)
+        model.compile(keras.optimizers.SGD(0.01), loss=LOSS, balancer="mgda")
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        history = model.fit(x, y, batch_size=16, epochs=2, verbose=0).history
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert np.all(np.isfinite(history["loss"]))
+    # The aggregator saw unscaled gradients: MGDA's weights sum to one.
+    assert history["a_weight"][-1] + history["b_weight"][-1] == pytest.approx(1.0, abs=1e-3)
+    assert history["skipped_steps"] == [0.0, 0.0]

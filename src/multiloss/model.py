@@ -456,7 +456,7 @@ class MultiLossModel(keras.Model):
     def _loss_scaling(self):
         """Whether the optimizer scales the loss dynamically (mixed
         precision): it then handles gradient overflow itself."""
-        return self.optimizer is not None and hasattr(self.optimizer, "dynamic_scale")
+        return isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
 
     def _shared_flags(self, reach, variables):
         self._check_reach(reach)
