@@ -24,9 +24,16 @@ __all__ = ["Balancer", "register", "get", "available"]
 _REGISTRY = {}
 
 
+def _normalize(alias):
+    """Aliases ignore case, underscores and hyphens: 'scale_normalized',
+    'ScaleNormalized' and 'scalenormalized' name the same balancer."""
+    return alias.lower().replace("_", "").replace("-", "")
+
+
 def register(alias):
-    """Class decorator: registers a balancer under `alias` and for Keras
-    serialisation."""
+    """Class decorator: registers a balancer under `alias` (kept as its class
+    name in lower case, without underscores) and for Keras serialisation."""
+    alias = _normalize(alias)
 
     def decorate(cls):
         if alias in _REGISTRY:
@@ -51,7 +58,7 @@ def get(identifier):
     if isinstance(identifier, Balancer):
         return identifier
     if isinstance(identifier, str):
-        key = identifier.lower()
+        key = _normalize(identifier)
         if key not in _REGISTRY:
             raise ValueError(
                 f"Unknown balancer {identifier!r}; valid names: {available()}."
