@@ -24,7 +24,7 @@ DOMINATION_RATIO = 10.0
 
 # Balancers that address each symptom, by alias (only registered ones are named).
 _FOR_GRADIENT_SCALE = ("normalizedsum", "gradnorm", "imtlg", "upgrad", "nashmtl", "dbmtl",
-                       "aligned_mtl", "alignedmtl")
+                       "alignedmtl")
 _FOR_LOSS_SCALE = ("scalenormalized", "uncertainty", "geometricmean", "dwa", "imtll")
 _FOR_CONFLICT = ("pcgrad", "upgrad", "mgda", "cagrad", "nashmtl", "config", "gradvac")
 
