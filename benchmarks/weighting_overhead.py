@@ -1,0 +1,239 @@
+"""Step time of each loss-level balancer against `Static`, per backend: the
+Foundation benchmark model (MLP 64->256->256 with K Dense(1) heads), batch
+256, K = 2 and 8. Goal: ratio <= 1.05.
+
+All variants of one K are timed in the same process, interleaved (every
+variant once per round, in rotating order); the table gives the median ms
+per step and the ratio of medians to Static.
+
+    python benchmarks/weighting_overhead.py                 # all three backends
+    python benchmarks/weighting_overhead.py --rounds 21 --out benchmarks/results/weighting_overhead.md
+    python benchmarks/weighting_overhead.py --combine-cost  # the balancer alone, eager
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+METHODS = (
+    "static",
+    "static_again",  # a second Static model: the ratio shows the noise floor
+    "uncertainty",
+    "imtl_l",
+    "dwa",
+    "rlw",
+    "geometric_mean",
+    "scale_normalized",
+    "famo",
+    "stch",
+    "metric_driven",
+)
+
+
+def _balancer(name):
+    from multiloss import weighting as W
+
+    if name == "static_again":
+        return "static"
+    if name == "metric_driven":
+        # No validation data in the benchmark: the rule reads the training logs.
+        return W.MetricDriven(monitor="{task}_loss")
+    if name == "rlw":
+        return W.RLW(seed=0)
+    return name
+
+
+def time_steps(models, x, y, batch_size=256, rounds=15):
+    """Like `common.time_fit_steps` (one epoch of every model per round, in
+    rotating order, after an untimed compiling epoch), recording two samples
+    per epoch: the epoch's wall time over its steps (`epoch`, as
+    common.time_fit_steps), and the intervals between consecutive batch ends
+    (`step`; each callback syncs, JAX's asynchronous dispatch included), and
+    the process's CPU time per step over the epoch (`cpu`, all threads). The
+    median of the intervals shrugs off the moments another process takes the
+    CPU, and CPU time does not count them at all; the epoch figures include
+    `fit`'s per-epoch work and the epoch hooks.
+    """
+    import keras
+
+    class StepTimes(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.ends = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.ends.append(time.perf_counter())
+
+    steps = len(x) // batch_size
+    for model in models.values():
+        model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+    epoch = {name: [] for name in models}
+    step = {name: [] for name in models}
+    cpu = {name: [] for name in models}
+    names = list(models)
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            timer = StepTimes()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            models[name].fit(
+                x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False, callbacks=[timer]
+            )
+            epoch[name].append(1000 * (time.perf_counter() - start) / steps)
+            cpu[name].append(1000 * (time.process_time() - start_cpu) / steps)
+            step[name].extend(1000 * (b - a) for a, b in zip(timer.ends, timer.ends[1:]))
+    return {"step": step, "epoch": epoch, "cpu": cpu}
+
+
+def worker(args):
+    import keras
+
+    import multiloss
+
+    results = {}
+    for k in args.tasks:
+        x, y = common.regression_data(k, steps=args.steps)
+        models = {}
+        for name in args.methods:
+            model = common.mlp_with_heads(multiloss.MultiLossModel, k)
+            model.compile(keras.optimizers.Adam(1e-3), loss="mse", balancer=_balancer(name))
+            models[name] = model
+        samples = time_steps(models, x, y, rounds=args.rounds)
+        results[str(k)] = {
+            kind: common.summarize(values, baseline="static") for kind, values in samples.items()
+        }
+        base_q25 = _quantile(samples["step"]["static"], 0.25)
+        results[str(k)]["step_q25"] = {
+            name: {"median_ms": _quantile(v, 0.25), "ratio": _quantile(v, 0.25) / base_q25}
+            for name, v in samples["step"].items()
+        }
+    print(json.dumps(results))
+
+
+def combine_cost(args):
+    """CPU microseconds of one eager `combine(losses, training=True)` per
+    method: what an eager step (torch's) pays for the balancer itself.
+    TensorFlow and JAX compile it into the step, where it costs less."""
+    import keras
+    import numpy as np
+
+    import multiloss
+
+    results = {}
+    for k in args.tasks:
+        losses = keras.ops.convert_to_tensor(np.linspace(0.5, 2.0, k).astype("float32"))
+        balancers = {}
+        for name in args.methods:
+            balancer = multiloss.balancer.get(_balancer(name))
+            balancer.setup([f"t{i}" for i in range(k)])
+            balancers[name] = balancer
+        samples = {name: [] for name in balancers}
+        for r in range(args.rounds):
+            for name, balancer in balancers.items():
+                start = time.process_time()
+                for _ in range(200):
+                    balancer.combine(losses, training=True)
+                samples[name].append(1e6 * (time.process_time() - start) / 200)
+        results[str(k)] = {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
+    print(json.dumps(results))
+
+
+def _quantile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def table(results, args):
+    kinds = (
+        ("step", "step median"),
+        ("step_q25", "step q25"),
+        ("cpu", "CPU/step"),
+        ("epoch", "epoch/steps"),
+    )
+    lines = [
+        f"Measured {common.machine_line()}: {args.rounds} interleaved rounds of "
+        f"one {args.steps}-step `fit` epoch per method (batch 256). Each cell: "
+        "ms per step, and in brackets the ratio to `static` of the same run.",
+        "",
+        "- step median / step q25: the median / lower quartile of the intervals "
+        "between consecutive batch ends (a callback syncs each step, JAX "
+        "included); moments when another process holds the CPU land in the "
+        "upper quantiles;",
+        "- CPU/step: the process's CPU time (all threads) over the epoch, per step;",
+        "- epoch/steps: an epoch's wall time per step, as `benchmarks/overhead.py` "
+        "measures it (includes `fit`'s per-call work and the epoch hooks);",
+        "- `static_again` is a second, identical Static model: its ratio is the "
+        "noise floor of the run.",
+    ]
+    for backend, per_k in results.items():
+        for k, per_kind in per_k.items():
+            lines += [
+                "",
+                f"**{backend}, K={k}**",
+                "",
+                "| method | " + " | ".join(title for _, title in kinds) + " |",
+                "|---|" + "---|" * len(kinds),
+            ]
+            for name in args.methods:
+                cells = [
+                    f"{per_kind[kind][name]['median_ms']:.2f} ({per_kind[kind][name]['ratio']:.3f})"
+                    for kind, _ in kinds
+                ]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tasks", type=int, nargs="+", default=[2, 8])
+    parser.add_argument("--steps", type=int, default=40, help="steps per timed epoch")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--backends", nargs="+", default=list(common.BACKENDS))
+    parser.add_argument("--out", help="also write the markdown table here")
+    parser.add_argument(
+        "--combine-cost", action="store_true",
+        help="time one eager combine() per method instead of training steps",
+    )
+    args = parser.parse_args()
+    if "static" not in args.methods:
+        args.methods = ["static", *args.methods]
+    if args.worker:
+        return combine_cost(args) if args.combine_cost else worker(args)
+    if args.combine_cost:
+        passthrough = ["--combine-cost", "--tasks", *map(str, args.tasks),
+                       "--rounds", str(args.rounds), "--methods", *args.methods]
+        results = common.run_per_backend(os.path.abspath(__file__), passthrough, args.backends)
+        ks = [str(k) for k in args.tasks]
+        lines = [
+            f"Measured {common.machine_line()}: CPU microseconds of one eager "
+            f"`combine(losses, training=True)`, median of {args.rounds} rounds of 200 calls.",
+            "",
+            "| method | " + " | ".join(f"{b} K={k}" for b in results for k in ks) + " |",
+            "|---|" + "---|" * (len(results) * len(ks)),
+        ]
+        for name in args.methods:
+            cells = [f"{results[b][k][name]:.0f}" for b in results for k in ks]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        print("\n".join(lines))
+        return None
+    passthrough = [
+        "--tasks", *map(str, args.tasks), "--steps", str(args.steps),
+        "--rounds", str(args.rounds), "--methods", *args.methods,
+    ]
+    results = common.run_per_backend(os.path.abspath(__file__), passthrough, args.backends)
+    text = table(results, args)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""`FAMO`: fast adaptive multitask optimisation (Liu et al. 2023)."""
+
+import numpy as np
+from keras import ops
+
+from multiloss.balancer import register
+from multiloss.weighting._common import (
+    add_state,
+    check_float,
+    check_kwargs,
+    check_per_task,
+    per_task_tensor,
+    positive_part,
+)
+from multiloss.weighting.base import Weighting
+
+__all__ = ["FAMO"]
+
+# torch.optim.Adam's defaults, which the paper's code uses for the logits.
+_BETA_1, _BETA_2, _ADAM_EPSILON = 0.9, 0.999, 1e-8
+_TINY = 1e-30
+
+
+@register("famo")
+class FAMO(Weighting):
+    """Fast adaptive multitask optimisation: balances the tasks' rates of
+    improvement, at the cost of one backward pass.
+
+    Liu, Liu, Jin, Stone & Liu, "FAMO: Fast Adaptive Multitask
+    Optimization", NeurIPS 2023 (official code: github.com/Cranial-XIX/FAMO).
+
+    Task logits `xi` (K, start at 0), `z = softmax(xi)`, and with
+    `D_k = max(L_k - min_losses_k, 0) + epsilon`:
+
+        total = sum_k c_k z_k log D_k / C,   C = sum_k c_k z_k / D_k (a constant)
+
+    whose gradient is `sum_k w_k grad L_k` with the weights in force
+    `w_k = c_k z_k / (C D_k)`, which sum to 1 (`c_k`: the fixed task weights,
+    1 by default; 0 removes a task). After each update of the network, the
+    logits take one Adam step (learning rate `w_lr`, L2 weight decay
+    `gamma`, betas 0.9/0.999, eps 1e-8, as `torch.optim.Adam`) along
+
+        g = J_softmax(xi)^T delta + gamma xi,   delta_k = log D_k(before) - log D_k(after)
+
+    i.e. `g_k = z_k (delta_k - sum_j z_j delta_j) + gamma xi_k`: a task that
+    improved less than the others gains weight.
+
+    One forward pass per step: the paper evaluates the losses "after" on the
+    same batch with an extra forward pass; here the next step's losses (the
+    next batch, after the update) stand in for them, so the logits of step
+    t are updated at the start of step t+1, before its weights are formed.
+    No update at the first step. `evaluate` uses the logits as they are and
+    changes nothing.
+
+    Paper defaults: `w_lr=0.025`, `gamma=0.01` (the official `famo.py`; the
+    paper's experiments use 0.001 on NYUv2, CelebA and QM9); the paper also
+    clips the shared gradient norm at 1, which is the optimizer's job here
+    (`keras.optimizers.Adam(clipnorm=1.0)`, on all variables). Scale of the
+    update: the weights in force sum to 1 (1/K of a plain sum's update
+    when the losses are equal).
+
+    Bad input: a loss at or below its floor `min_losses_k` (0 by default;
+    the paper's `min_losses`) is clamped (`D_k = epsilon`) and gets weight
+    0; a loss that can be negative needs its lower bound as `min_losses`.
+
+    Args:
+        w_lr: learning rate of the logits (> 0).
+        gamma: weight decay of the logits (>= 0).
+        min_losses: a float or one per task: the floor of each loss.
+        epsilon: added to each shifted loss (> 0), as the paper's 1e-8.
+
+    Example:
+
+    ```python
+    import keras, multiloss
+    balancer = multiloss.weighting.FAMO()
+    balancer.build((2,))
+    balancer.combine(keras.ops.array([1.0, 1.0]))  # step 1: no update yet
+    total, weights = balancer.combine(keras.ops.array([0.5, 0.9]))  # task 2 improved less
+    print(keras.ops.convert_to_numpy(balancer.logits))  # [-0.025, 0.025]
+    ```
+    """
+
+    def __init__(self, w_lr=0.025, gamma=0.01, min_losses=0.0, epsilon=1e-8, name=None, **kwargs):
+        owner = "FAMO"
+        check_kwargs(owner, kwargs, ("w_lr", "gamma", "min_losses", "epsilon"))
+        w_lr = check_float(owner, "w_lr", w_lr, low=0.0, low_open=True)
+        gamma = check_float(owner, "gamma", gamma, low=0.0)
+        min_losses = check_per_task(owner, "min_losses", min_losses)
+        epsilon = check_float(owner, "epsilon", epsilon, low=0.0, low_open=True)
+        super().__init__(name=name, **kwargs)
+        self.w_lr = w_lr
+        self.gamma = gamma
+        self.min_losses = min_losses
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        k = input_shape[0]
+        self._floor = per_task_tensor("FAMO", "min_losses", self.min_losses, k)
+        # One Variable for the per-task state (rows: logits, Adam's first and
+        # second moments, the previous step's log losses): one read and one
+        # write per step, which is what costs in an eager step.
+        self.state = add_state(self, "state", 0.0, (4, k))
+        self._betas = np.array([_BETA_1, _BETA_2], "float32")
+        self.steps = add_state(self, "steps", 0, (), dtype="int32")
+
+    @property
+    def logits(self):
+        """The task logits `xi` (a tensor; `softmax(xi)` are the weights)."""
+        return ops.convert_to_tensor(self.state)[0]
+
+    def combine(self, losses, training=True):
+        return self._rule(losses, ops.convert_to_tensor(self.task_weights), training)
+
+    def balance(self, losses, training=True):
+        return self._rule(losses, ops.ones_like(losses), training)
+
+    def _rule(self, losses, fixed, training):
+        shifted = positive_part(losses, self._floor)
+        d = ops.add(shifted, self.epsilon)
+        log_d = ops.log(d)
+        if training:
+            logits = self._update(ops.stop_gradient(log_d))
+        else:
+            logits = self.logits
+        z = ops.softmax(logits)
+        cz = ops.multiply(fixed, z)
+        # C > 0 unless every fixed weight is 0; the tiny term keeps 0/0 out.
+        c = ops.add(ops.stop_gradient(ops.sum(ops.divide(cz, d))), _TINY)
+        total = ops.divide(ops.sum(ops.multiply(cz, log_d)), c)
+        # sign(shifted) is 1 for an active task, 0 for a clamped one.
+        weights = ops.multiply(ops.divide(cz, ops.multiply(c, d)), ops.sign(shifted))
+        return total, ops.stop_gradient(weights)
+
+    def _update(self, log_d):
+        """One Adam step of the logits from the previous step's losses to
+        these; a no-op at the first step. Returns the logits to use now."""
+        state = ops.convert_to_tensor(self.state)
+        logits, m, v, previous = state[0], state[1], state[2], state[3]
+        steps = ops.convert_to_tensor(self.steps)
+        # At the first step there is no previous loss: a zero gradient (with
+        # m = v = 0, Adam then moves nothing and its moments stay 0).
+        first = ops.cast(ops.greater(steps, 0), "float32")
+        delta = ops.subtract(previous, log_d)
+        z = ops.softmax(logits)
+        grad = ops.multiply(z, ops.subtract(delta, ops.sum(ops.multiply(z, delta))))
+        grad = ops.multiply(ops.add(grad, ops.multiply(self.gamma, logits)), first)
+        m = ops.add(m, ops.multiply(1.0 - _BETA_1, ops.subtract(grad, m)))
+        v = ops.add(v, ops.multiply(1.0 - _BETA_2, ops.subtract(ops.square(grad), v)))
+        t = ops.cast(ops.maximum(steps, 1), "float32")
+        corrections = ops.subtract(1.0, ops.power(self._betas, t))  # 1 - beta^t
+        step = ops.divide(
+            ops.divide(m, corrections[0]),
+            ops.add(ops.sqrt(ops.divide(v, corrections[1])), _ADAM_EPSILON),
+        )
+        logits = ops.subtract(logits, ops.multiply(self.w_lr, step))
+        self.state.assign(ops.stack([logits, m, v, log_d]))
+        self.steps.assign(ops.add(steps, 1))
+        return logits
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "w_lr": self.w_lr,
+            "gamma": self.gamma,
+            "min_losses": self.min_losses,
+            "epsilon": self.epsilon,
+        }

@@ -1,0 +1,105 @@
+"""`RLW`: random loss weighting (Lin et al. 2022)."""
+
+import numbers
+
+import keras
+from keras import ops
+
+from multiloss.balancer import register
+from multiloss.weighting._common import check_kwargs
+from multiloss.weighting.base import Weighting
+
+__all__ = ["RLW"]
+
+
+@register("rlw")
+class RLW(Weighting):
+    """Random loss weights, drawn afresh at every training step.
+
+    Lin, Ye, Xu, Shi & Zhang, "Reasonable Effectiveness of Random
+    Weighting: A Litmus Test for Multi-Task Learning", TMLR 2022.
+
+    At each training step:
+
+        z ~ Normal(0, I_K),   lambda = softmax(z),
+        total = sum_k c_k lambda_k L_k
+
+    with `c_k` the fixed task weights; the weights in force are
+    `c_k lambda_k`. `evaluate` uses the expected weights, `lambda_k = 1/K`,
+    and draws nothing.
+
+    Paper defaults: the standard normal and the softmax (their headline
+    variant). Scale of the update: the `lambda_k` sum to 1, so the update is
+    1/K of a plain sum's; raise the learning rate (about K times) to compare
+    with static weights of 1.
+
+    The draws come from a `keras.random.SeedGenerator` held by the balancer:
+    `RLW(seed=...)` repeats the same sequence, on every backend (the
+    sequences differ between backends). Its state is saved with the model
+    and by `BackupAndRestore`, so a resumed run continues the sequence.
+    With `seed=None` the seed comes from Keras's global seed
+    (`keras.utils.set_random_seed`).
+
+    Args:
+        seed: an int, or None.
+
+    Example:
+
+    ```python
+    import keras, multiloss
+    balancer = multiloss.weighting.RLW(seed=1)
+    balancer.build((3,))
+    total, weights = balancer.combine(keras.ops.array([1.0, 2.0, 3.0]))
+    print(float(keras.ops.sum(weights)))  # 1.0 (up to rounding); new weights every step
+    ```
+    """
+
+    def __init__(self, seed=None, name=None, **kwargs):
+        check_kwargs("RLW", kwargs, ("seed",))
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0
+        ):
+            raise ValueError(f"RLW(seed={seed!r}): seed must be None or an int >= 0.")
+        super().__init__(name=name, **kwargs)
+        self.seed = None if seed is None else int(seed)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.seed_generator = keras.random.SeedGenerator(self.seed, name="rlw_seed")
+
+    def balance(self, losses, training=True):
+        if training:
+            z = keras.random.normal(ops.shape(losses), seed=self.seed_generator)
+            weights = ops.softmax(z)
+        else:
+            weights = ops.full_like(losses, 1.0 / losses.shape[0])
+        return ops.sum(ops.multiply(weights, losses)), weights
+
+    # Keras saves a layer's variables, not its seed generators' state: add it,
+    # so that `.keras` files, weights files and BackupAndRestore keep it.
+
+    def _own_variables(self):
+        return self._trainable_variables + self._non_trainable_variables
+
+    def save_own_variables(self, store):
+        variables = self._own_variables()
+        for i, variable in enumerate(variables):
+            store[f"{i}"] = variable
+        if self.built:
+            store[f"{len(variables)}"] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        variables = self._own_variables()
+        count = len(store.keys())
+        if count not in (len(variables), len(variables) + 1):
+            raise ValueError(
+                f"RLW {self.name!r} expected {len(variables)} variables and its "
+                f"seed generator's state, but the file has {count} entries."
+            )
+        for i, variable in enumerate(variables):
+            variable.assign(store[f"{i}"])
+        if count == len(variables) + 1:
+            self.seed_generator.state.assign(store[f"{len(variables)}"])
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}

@@ -1,0 +1,174 @@
+"""`STCH`: smooth Tchebycheff scalarisation (Lin et al. 2024)."""
+
+from keras import ops
+
+from multiloss.balancer import register
+from multiloss.weighting._common import (
+    add_state,
+    check_float,
+    check_int,
+    check_kwargs,
+    check_per_task,
+    per_task_tensor,
+    positive_part,
+)
+from multiloss.weighting.base import Weighting
+
+__all__ = ["STCH"]
+
+# The smallest nadir level: D / n stays finite, and so does the gradient of
+# log(D / n + eps) at D = 0, 1 / (n eps), for eps down to 1e-24.
+_MIN_NADIR = 1e-12
+
+
+@register("stch")
+class STCH(Weighting):
+    """Smooth Tchebycheff scalarisation: a smooth maximum of the log losses,
+    each relative to its level after a warm-up (the nadir point).
+
+    Lin, Zhang, Liu, Liu, Zhang & Zhang, "Smooth Tchebycheff Scalarization
+    for Multi-Objective Optimization", ICML 2024 (official multi-task code:
+    github.com/Xi-L/STCH, STCH_MTL, as in LibMTL).
+
+    With `D_k = max(L_k - min_losses_k, 0)` and `c_k` the fixed task weights
+    (the paper's preference vector; 1 by default):
+
+    - the first `warmup_epochs` epochs: `total = sum_k c_k log(D_k + eps)`;
+    - the next epoch: the same, and each step's `D` is averaged into the
+      nadir point `n_k`;
+    - from the epoch after on:
+
+          l_k = log(D_k / (n_k + eps) + eps)
+          total = mu K log sum_k exp(c_k l_k / mu)
+
+      computed stably (the maximum is taken out before the exponentials);
+      `n_k` is at least 1e-12 (a task at its floor through the whole nadir
+      epoch would otherwise divide by zero).
+
+    The gradient is `sum_k w_k grad L_k` with the weights in force
+    `w_k = K c_k p_k / (D_k + eps (n_k + eps))`, `p = softmax(c l / mu)`:
+    the task furthest above its nadir level gets the most weight, smoothly
+    (mu -> 0 gives the Tchebycheff max; large mu, the sum of logs). In the
+    warm-up, `w_k = c_k / (D_k + eps)`.
+
+    Paper defaults: `mu = 1`, `warmup_epochs = 4`, `eps = 1e-20` (the
+    official code). Scale of the update: free (the `p_k` sum to 1 in log
+    space, times K; each weight is in units of 1/loss).
+
+    The balancer counts the training epochs itself, in `on_epoch_end`,
+    which `fit` calls (so a second `fit` continues where the first ended);
+    in a custom loop call `balancer.on_epoch_end(epoch)` after each epoch
+    (without it, the warm-up never ends). The epoch count, the nadir sum and
+    its step count are Variables: saved, and resumed by `BackupAndRestore`.
+    `evaluate` uses the current phase and changes nothing.
+
+    Bad input: a loss at or below its floor `min_losses_k` (0 by default) is
+    clamped to it and gets weight 0; a loss that can be negative needs its
+    lower bound as `min_losses`.
+
+    Args:
+        mu: smoothing (> 0).
+        warmup_epochs: epochs of warm-up before the nadir epoch (>= 0).
+        min_losses: a float or one per task: the floor of each loss.
+        epsilon: `eps` above (> 0).
+
+    Example:
+
+    ```python
+    import keras, multiloss
+    balancer = multiloss.weighting.STCH(warmup_epochs=0)
+    balancer.build((2,))
+    balancer.combine(keras.ops.array([1.0, 4.0]))  # epoch 0: the nadir epoch
+    balancer.on_epoch_end(0)  # STCH from now on, nadir [1, 4]
+    total, weights = balancer.combine(keras.ops.array([0.5, 4.0]))
+    print(keras.ops.convert_to_numpy(weights))  # [4/3, 1/3]
+    # = K p / L with p = [1/3, 2/3]: task 2, still at its nadir level, leads in log space
+
+    ```
+    """
+
+    def __init__(
+        self, mu=1.0, warmup_epochs=4, min_losses=0.0, epsilon=1e-20, name=None, **kwargs
+    ):
+        owner = "STCH"
+        check_kwargs(owner, kwargs, ("mu", "warmup_epochs", "min_losses", "epsilon"))
+        mu = check_float(owner, "mu", mu, low=0.0, low_open=True)
+        warmup_epochs = check_int(owner, "warmup_epochs", warmup_epochs, low=0)
+        min_losses = check_per_task(owner, "min_losses", min_losses)
+        epsilon = check_float(owner, "epsilon", epsilon, low=0.0, low_open=True)
+        super().__init__(name=name, **kwargs)
+        self.mu = mu
+        self.warmup_epochs = warmup_epochs
+        self.min_losses = min_losses
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        k = input_shape[0]
+        self._floor = per_task_tensor("STCH", "min_losses", self.min_losses, k)
+        self.epochs_done = add_state(self, "epochs_done", 0, (), dtype="int32")
+        self.nadir_sum = add_state(self, "nadir_sum", 0.0, (k,))
+        self.nadir_steps = add_state(self, "nadir_steps", 0.0, ())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._sync_state()
+        self.epochs_done.assign(int(ops.convert_to_numpy(self.epochs_done)) + 1)
+
+    def combine(self, losses, training=True):
+        return self._rule(losses, ops.convert_to_tensor(self.task_weights), training)
+
+    def balance(self, losses, training=True):
+        return self._rule(losses, ops.ones_like(losses), training)
+
+    def _rule(self, losses, fixed, training):
+        eps = self.epsilon
+        shifted = positive_part(losses, self._floor)
+        epoch = ops.convert_to_tensor(self.epochs_done)
+        nadir_sum = ops.convert_to_tensor(self.nadir_sum)
+        nadir_steps = ops.convert_to_tensor(self.nadir_steps)
+        if training:
+            gather = ops.cast(ops.equal(epoch, self.warmup_epochs), "float32")
+            nadir_sum = ops.add(nadir_sum, ops.multiply(gather, ops.stop_gradient(shifted)))
+            nadir_steps = ops.add(nadir_steps, gather)
+            self.nadir_sum.assign(nadir_sum)
+            self.nadir_steps.assign(nadir_steps)
+        stch_phase = ops.logical_and(
+            ops.greater(epoch, self.warmup_epochs), ops.greater(nadir_steps, 0.0)
+        )
+
+        # Both phases are computed and one is selected: a cheap few ops, where
+        # ops.cond would recompile its branches at every eager JAX call.
+        warm_total = ops.sum(ops.multiply(fixed, ops.log(ops.add(shifted, eps))))
+        warm_weights = ops.divide(fixed, ops.add(shifted, eps))
+
+        # Before the nadir exists, a harmless 1 keeps the unused phase finite;
+        # a task that sat at its floor through the whole nadir epoch gets the
+        # smallest nadir that keeps its gradient finite in float32.
+        nadir = ops.divide(nadir_sum, ops.maximum(nadir_steps, 1.0))
+        level = ops.add(ops.where(stch_phase, ops.maximum(nadir, _MIN_NADIR), 1.0), eps)
+        scaled = ops.divide(
+            ops.multiply(fixed, ops.log(ops.add(ops.divide(shifted, level), eps))), self.mu
+        )
+        top = ops.stop_gradient(ops.max(scaled))
+        k = float(losses.shape[0])
+        stch_total = ops.multiply(
+            self.mu * k, ops.add(ops.log(ops.sum(ops.exp(ops.subtract(scaled, top)))), top)
+        )
+        stch_weights = ops.divide(
+            ops.multiply(k, ops.multiply(fixed, ops.softmax(scaled))),
+            ops.add(shifted, ops.multiply(eps, level)),
+        )
+
+        total = ops.where(stch_phase, stch_total, warm_total)
+        weights = ops.where(stch_phase, stch_weights, warm_weights)
+        # sign(shifted) is 1 for an active task, 0 for a clamped one.
+        return total, ops.stop_gradient(ops.multiply(weights, ops.sign(shifted)))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "mu": self.mu,
+            "warmup_epochs": self.warmup_epochs,
+            "min_losses": self.min_losses,
+            "epsilon": self.epsilon,
+        }
