@@ -191,6 +191,34 @@ class Balancer(keras.layers.Layer):
                 new[i] = check_weight(value, f"The weight of task {names[i]!r}")
         self.task_weights.assign(new)
 
+    # Keras saves a layer's variables but not its seed generators' state:
+    # add it, so that `.keras` files, weights files and BackupAndRestore
+    # continue a seeded random sequence (RLW, PCGrad's order, GradDrop).
+
+    def _saved_variables(self):
+        return (
+            list(self._trainable_variables)
+            + list(self._non_trainable_variables)
+            + [generator.state for generator in self._seed_generators]
+        )
+
+    def save_own_variables(self, store):
+        for i, variable in enumerate(self._saved_variables()):
+            store[f"{i}"] = variable
+
+    def load_own_variables(self, store):
+        variables = self._saved_variables()
+        plain = len(variables) - len(self._seed_generators)
+        count = len(store.keys())
+        if count not in (plain, len(variables)):
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r} expects {len(variables)} saved "
+                f"values ({plain} variables and {len(self._seed_generators)} seed states); "
+                f"the file has {count}."
+            )
+        for i in range(count):
+            variables[i].assign(store[f"{i}"])
+
     def on_epoch_begin(self, epoch):
         """Called before each training epoch (outside the compiled step)."""
 

@@ -14,7 +14,9 @@ class Weighting(Balancer):
     returns `(total, weights)`: the scalar to minimise and the (K,) weights
     in force on the unweighted losses (the fixed `task_weights` times the
     rule's own). Subclasses implement `balance`, which sees the losses
-    already multiplied by `task_weights`.
+    already multiplied by `task_weights`; a rule where the fixed weight
+    must multiply a whole term (Uncertainty's `exp(-s) L + s`, or a log of
+    the loss) overrides `combine` instead.
     """
 
     def combine(self, losses, training=True):

@@ -75,31 +75,5 @@ class RLW(Weighting):
             weights = ops.full_like(losses, 1.0 / losses.shape[0])
         return ops.sum(ops.multiply(weights, losses)), weights
 
-    # Keras saves a layer's variables, not its seed generators' state: add it,
-    # so that `.keras` files, weights files and BackupAndRestore keep it.
-
-    def _own_variables(self):
-        return self._trainable_variables + self._non_trainable_variables
-
-    def save_own_variables(self, store):
-        variables = self._own_variables()
-        for i, variable in enumerate(variables):
-            store[f"{i}"] = variable
-        if self.built:
-            store[f"{len(variables)}"] = self.seed_generator.state
-
-    def load_own_variables(self, store):
-        variables = self._own_variables()
-        count = len(store.keys())
-        if count not in (len(variables), len(variables) + 1):
-            raise ValueError(
-                f"RLW {self.name!r} expected {len(variables)} variables and its "
-                f"seed generator's state, but the file has {count} entries."
-            )
-        for i, variable in enumerate(variables):
-            variable.assign(store[f"{i}"])
-        if count == len(variables) + 1:
-            self.seed_generator.state.assign(store[f"{len(variables)}"])
-
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
