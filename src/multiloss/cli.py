@@ -1,93 +1,288 @@
-"""The `multiloss` command."""
+"""The `multiloss` command.
+
+    multiloss bench PROBLEM [--methods a,b] [--seeds N] [--steps N] [--quick]
+                            [--json FILE] [--report DIR]
+    multiloss demo [--report DIR] [--methods a,b] [--seeds N]
+    multiloss report JSON [JSON...] [--json FILE] [--report DIR] [--markdown FILE]
+
+`PROBLEM` is a name from `multiloss.bench.problems.names()` (toy2d, scales,
+multidigits, multimnist, qm9), several separated by commas, `all`, or
+`quick` (toy2d, scales, multidigits). `demo` is `bench quick --quick` with a
+handful of methods and a report in `demo-report/`: what `make demo` runs.
+`report` merges the JSON files of several `bench --json` runs (one per
+problem, say) into one table set and one report.
+"""
 
 import argparse
 import os
+import shlex
 import sys
 
-__all__ = ["main"]
+__all__ = ["main", "demo_methods"]
 
-
-def _demo(args):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
-    import keras
-
-    from multiloss import balancer as balancer_module
-    from multiloss.bench import runner
-    from multiloss.bench.problems import multidigits
-
-    console = Console()
-    methods = args.methods.split(",") if args.methods else demo_methods()
-    unknown = [m for m in methods if m not in balancer_module.available()]
-    if unknown:
-        raise SystemExit(
-            f"Unknown method(s) {unknown}; valid names: {balancer_module.available()}"
-        )
-    console.print(
-        f"multiloss demo: two overlaid digits (scikit-learn's load_digits), tasks "
-        f"'left' and 'right'; backend {keras.backend.backend()}, {args.epochs} epochs per method."
-    )
-    data = multidigits.load(seed=args.seed)
-    results = []
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
-        TimeElapsedColumn(), console=console,
-    ) as progress:
-        bar = progress.add_task("training", total=len(methods) * args.epochs)
-        for method in methods:
-            progress.update(bar, description=f"training [bold]{method}[/]")
-            results.append(
-                runner.run_multidigits(
-                    method, data, epochs=args.epochs, seed=args.seed,
-                    callbacks=[runner.EpochProgress(lambda: progress.advance(bar))],
-                )
-            )
-    table = Table(title="multidigits, test set")
-    table.add_column("method")
-    for task in multidigits.TASKS:
-        table.add_column(f"{task} acc", justify="right")
-        table.add_column(f"{task} loss", justify="right")
-        table.add_column(f"{task} weight", justify="right")
-    table.add_column("seconds", justify="right")
-    for result in results:
-        row = [result["method"]]
-        for task in multidigits.TASKS:
-            t = result["tasks"][task]
-            row += [f"{t['accuracy']:.3f}", f"{t['loss']:.3f}", f"{t['weight']:.3f}"]
-        row.append(f"{result['seconds']:.1f}")
-        table.add_row(*row)
-    console.print(table)
+# Preferred order of the demo's handful of methods; those registered are used.
+DEMO_METHODS = ("static", "uncertainty", "famo", "pcgrad", "mgda", "dwa", "nashmtl")
+DEMO_MAX = 5
 
 
 def demo_methods():
-    """Static weights first, then every loss-level balancer, then a handful
-    of gradient-level ones where they exist."""
+    """Static weights, then a handful of loss- and gradient-level balancers
+    that are registered."""
     from multiloss import balancer as balancer_module
-    from multiloss import weighting
 
     available = balancer_module.available()
-    loss_level = [
-        name for name in available
-        if issubclass(balancer_module.get(name).__class__, weighting.Weighting)
-    ]
-    gradient_level = [name for name in ("pcgrad", "mgda", "upgrad", "nashmtl") if name in available]
-    ordered = ["static"] + [name for name in loss_level if name != "static"]
-    return ordered + gradient_level
+    return [m for m in DEMO_METHODS if m in available][:DEMO_MAX]  # names without "_"
+
+
+def _methods(text, default):
+    from multiloss import balancer as balancer_module
+
+    available = balancer_module.available()
+    if not text:
+        return default()
+    if text == "all":
+        return available
+    # Aliases ignore case, underscores and hyphens, as the registry does.
+    def key(name):
+        return name.lower().replace("_", "").replace("-", "")
+
+    canonical = {key(name): name for name in available}
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if key(m) not in canonical]
+    if unknown:
+        raise SystemExit(f"Unknown method(s) {unknown}; valid names: {available}")
+    return [canonical[key(m)] for m in methods]
+
+
+def _problems(text):
+    from multiloss.bench import problems
+
+    if text == "all":
+        names = problems.names()
+    elif text == "quick":
+        names = list(problems.QUICK)
+    else:
+        names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in problems.names()]
+    if unknown:
+        raise SystemExit(
+            f"Unknown problem(s) {unknown}; valid names: {problems.names()}, 'all', 'quick'"
+        )
+    return names
+
+
+class _RichReporter:
+    """Drives a rich progress bar per problem."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.task = None
+
+    def begin(self, problem, total):
+        self.task = self.progress.add_task(problem.name, total=total)
+        self.name = problem.name
+
+    def describe(self, text):
+        self.progress.update(self.task, description=text)
+
+    def advance(self, n=1):
+        self.progress.advance(self.task, n)
+
+    def end(self, problem):
+        self.progress.update(self.task, description=f"{problem.name}: done")
+
+
+def _print_table(console, result):
+    from rich.table import Table
+
+    from multiloss.bench import report
+
+    header, rows = report.table_rows(result)
+    tasks = result["tasks"]
+    if result["family"] != "toy2d" and len(tasks) > 4:
+        # Too wide for a terminal: the per-task numbers are in the report.
+        keep = [i for i, h in enumerate(header)
+                if not any(h == f"{t} {result['metric']}" for t in tasks)]
+        header = [header[i] for i in keep]
+        rows = [[row[i] for i in keep] for row in rows]
+    seeds = len(result["settings"]["seeds"])
+    table = Table(title=f"{result['title']} — mean ± std over {seeds} seed(s), "
+                        f"{result['settings']['steps']} steps")
+    for i, column in enumerate(header):
+        table.add_column(column, justify="left" if i < 2 else "right",
+                         overflow="fold", max_width=48 if i == 1 else None)
+    for row in rows:
+        status = row[1]
+        style = "red" if status.startswith("failed") else (
+            "yellow" if status == "diverged" else None)
+        table.add_row(*[str(c) for c in row], style=style)
+    console.print(table)
+
+
+def run_bench(problem_names, methods, seeds, steps=None, quick=False, json_path=None,
+              report_dir=None, command=None, console=None):
+    """Runs the problems, prints each results table, writes the JSON and the
+    report; returns `(document, errors)`, errors a list of messages for the
+    problems that could not run (a missing data package)."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn)
+
+    from multiloss.bench import problems, report, runner
+    from multiloss.bench.data import MissingPackage
+
+    console = console or Console()
+    results, errors = [], []
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console,
+    ) as progress:
+        reporter = _RichReporter(progress)
+        for name in problem_names:
+            for problem in problems.get(name):
+                n = steps or (problem.quick_steps if quick else problem.default_steps)
+                try:
+                    result = runner.run_problem(problem, methods, seeds, n, reporter)
+                except MissingPackage as exc:
+                    errors.append(str(exc))
+                    progress.console.print(f"[red]{problem.name}: {exc}[/]")
+                    continue
+                results.append(result)
+                _print_table(progress.console, result)
+                if json_path:
+                    # After each problem: a long suite cut short keeps what it did.
+                    report.write_json(report.collect(results, command=command), json_path)
+    document = report.collect(results, command=command)
+    if json_path:
+        report.write_json(document, json_path)
+        console.print(f"JSON: {json_path}")
+    if report_dir:
+        path = report.write_report(document, report_dir)
+        console.print(f"Report: {path}")
+    return document, errors
+
+
+def _command(argv):
+    backend = os.environ.get("KERAS_BACKEND")
+    prefix = f"KERAS_BACKEND={backend} " if backend else ""
+    return prefix + "multiloss " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _bench(args, argv):
+    from multiloss import balancer as balancer_module
+
+    names = _problems(args.problem)
+    methods = _methods(args.methods, balancer_module.available)
+    if args.seeds < 1:
+        raise SystemExit("--seeds must be at least 1")
+    if args.steps is not None and args.steps < 1:
+        raise SystemExit("--steps must be at least 1")
+    _, errors = run_bench(
+        names, methods, list(range(args.seeds)), steps=args.steps, quick=args.quick,
+        json_path=args.json, report_dir=args.report, command=_command(argv),
+    )
+    return 1 if errors else 0
+
+
+def _demo(args, argv):
+    methods = _methods(args.methods, demo_methods)
+    report_dir = args.report
+    _, errors = run_bench(
+        list(_quick()), methods, list(range(args.seeds)), quick=True,
+        json_path=os.path.join(report_dir, "results.json"), report_dir=report_dir,
+        command=_command(argv),
+    )
+    return 1 if errors else 0
+
+
+def _resummarize(result):
+    """Recomputes a result's summary from its runs (the summary's rules
+    may be newer than the file)."""
+    from multiloss.bench import problems, runner
+
+    try:
+        family = problems.get(result["family"])
+    except ValueError:
+        return
+    for problem in family:
+        if problem.name == result["problem"]:
+            result["summary"] = runner.summarize(
+                problem, result["settings"]["methods"], result["runs"], result["baselines"])
+
+
+def _report(args, argv):
+    from rich.console import Console
+
+    from multiloss.bench import report
+
+    console = Console()
+    document = report.merge(report.load_json(path) for path in args.files)
+    for result in document["problems"]:
+        _resummarize(result)
+        _print_table(console, result)
+    if args.json:
+        report.write_json(document, args.json)
+        console.print(f"JSON: {args.json}")
+    if args.report:
+        console.print(f"Report: {report.write_report(document, args.report)}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(report.markdown(document))
+        console.print(f"Markdown: {args.markdown}")
+    return 0
+
+
+def _quick():
+    from multiloss.bench import problems
+
+    return problems.QUICK
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="multiloss", description="Balanced multi-loss training for Keras 3.")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="multiloss", description="Balanced multi-loss training for Keras 3."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="train the two-digit model with each balancer and compare")
-    demo.add_argument("--epochs", type=int, default=6)
-    demo.add_argument("--methods", help="comma-separated balancer names (default: a quick suite)")
-    demo.add_argument("--seed", type=int, default=0)
+
+    bench = commands.add_parser(
+        "bench", help="train every balancer on a benchmark problem and compare",
+        description="Problems: toy2d, scales, multidigits, multimnist, qm9 (comma-separated), "
+        "'all', or 'quick' (toy2d, scales, multidigits). Methods: balancer aliases from "
+        "multiloss.balancer.available() (default: all of them).",
+    )
+    bench.add_argument("problem", help="toy2d, scales, multidigits, multimnist, qm9, all, quick")
+    bench.add_argument("--methods", help="comma-separated balancer aliases, or 'all' (default)")
+    bench.add_argument("--seeds", type=int, default=1, help="number of seeds: 0..N-1 (default 1)")
+    bench.add_argument("--steps", type=int, default=None,
+                       help="optimizer steps per run (default: each problem's full count)")
+    bench.add_argument("--quick", action="store_true",
+                       help="each problem's short step count (the demo's)")
+    bench.add_argument("--json", metavar="FILE", help="write every number to FILE")
+    bench.add_argument("--report", metavar="DIR", help="write DIR/index.html with plots")
+    bench.set_defaults(run=_bench)
+
+    demo = commands.add_parser(
+        "demo", help="the quick suite (toy2d, scales, multidigits) with a handful of methods",
+    )
+    demo.add_argument("--methods", help="comma-separated balancer aliases (default: a handful)")
+    demo.add_argument("--seeds", type=int, default=1)
+    demo.add_argument("--report", default="demo-report", metavar="DIR",
+                      help="report folder (default demo-report; results.json inside)")
     demo.set_defaults(run=_demo)
+
+    merge = commands.add_parser(
+        "report", help="tables and a report from JSON files that `bench --json` wrote",
+    )
+    merge.add_argument("files", nargs="+", metavar="JSON")
+    merge.add_argument("--json", metavar="FILE", help="write the merged results to FILE")
+    merge.add_argument("--report", metavar="DIR", help="write DIR/index.html with plots")
+    merge.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
+    merge.set_defaults(run=_report)
+
     args = parser.parse_args(argv)
-    args.run(args)
+    return args.run(args, argv)
 
 
 if __name__ == "__main__":

