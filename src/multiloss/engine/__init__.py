@@ -22,7 +22,10 @@ def backend_module():
     return importlib.import_module(f"multiloss.engine.{name}")
 
 
-def jit(fn):
+def jit(fn, xla=False):
     """`fn` compiled the backend's way (tf.function, jax.jit; torch runs it
-    eagerly). For pure functions of tensors: no Variable assignment."""
-    return backend_module().jit(fn)
+    eagerly). For pure functions of tensors: no Variable assignment.
+
+    `xla=True` also compiles with XLA on TensorFlow (JAX always does): much
+    faster for long loops of small operations, slower to compile."""
+    return backend_module().jit(fn, xla=xla)

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 
-def jit(fn):
+def jit(fn, xla=False):
     return jax.jit(fn)
 
 

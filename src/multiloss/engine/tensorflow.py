@@ -16,8 +16,8 @@ from multiloss.engine import common
 __all__ = ["jit", "train_step", "representation_train_step", "gradient", "task_gram"]
 
 
-def jit(fn):
-    return tf.function(fn, reduce_retracing=True)
+def jit(fn, xla=False):
+    return tf.function(fn, reduce_retracing=True, jit_compile=xla)
 
 
 def _replica_context():

@@ -16,7 +16,7 @@ from multiloss.engine import common
 __all__ = ["jit", "train_step", "representation_train_step", "backward", "task_gram"]
 
 
-def jit(fn):
+def jit(fn, xla=False):
     # Eager: torch.compile costs seconds per shape and is opt-in in Keras too.
     return fn
 

@@ -341,7 +341,7 @@ def make_chunk(balancer, chunk, scale=1.0, stride=1):
         x, m, v, values, bm, bv, record, loss_sum, _ = ops.fori_loop(0, chunk, body, carry)
         return x, m, v, values, bm, bv, record, loss_sum
 
-    return engine.jit(run)
+    return engine.jit(run, xla=True)
 
 
 def initial_state(balancer):
