@@ -139,6 +139,12 @@ class Balancer(keras.layers.Layer):
             self.build((len(names),))
         self.task_names = names
 
+    def build_state(self, variables):
+        """Creates state shaped like the model's variables (DB-MTL's moving
+        average of the gradients). The model calls it at compile, or before
+        the first step, outside any compiled function, with all its
+        trainable variables; most balancers need nothing here."""
+
     @property
     def num_tasks(self):
         return None if not self.built else int(self.task_weights.shape[0])

@@ -363,6 +363,8 @@ class MultiLossModel(keras.Model):
         )
         self._tasks = tasks
         self._reach_checked = False
+        if self.built:
+            balancer.build_state(self.trainable_variables)
 
     def _finish_pending(self, inputs):
         tasks = self._resolve_tasks(self._compile_args, inputs)
@@ -386,6 +388,10 @@ class MultiLossModel(keras.Model):
                 )
             )
         super()._symbolic_build(iterator=iterator, data_batch=data_batch)
+        if self._tasks is not None:
+            # A model built only now: the balancer's variable-shaped state
+            # must exist before the first compiled step.
+            self.balancer.build_state(self.trainable_variables)
 
     def _sync_state(self):
         # JAX's fit holds the state outside the Variables between steps;
