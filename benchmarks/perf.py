@@ -21,7 +21,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-METHODS = ("static", "sum", "mgda", "pcgrad", "upgrad")
+# Static weights, then every gradient-level balancer (`--methods` narrows).
+METHODS = ("static", "sum", "mgda", "pcgrad", "upgrad", "aggregators")
 REPRESENTATION = ("mgda", "upgrad")
 
 
@@ -35,9 +36,18 @@ def _keras_models(k, methods):
     baseline.compile(keras.optimizers.SGD(1e-3), loss="mse")
     models["keras sum"] = baseline
     available = set(multiloss.balancer.available())
+    if "aggregators" in methods:
+        from multiloss import aggregators
+
+        methods = [m for m in methods if m != "aggregators"]
+        methods += [
+            alias for alias in sorted(available)
+            if isinstance(multiloss.balancer.get(alias), aggregators.Aggregator)
+            and alias not in methods
+        ]
     for method in methods:
         if method not in available:
-            continue
+            raise SystemExit(f"Unknown method {method!r}; valid names: {sorted(available)}")
         model = common.mlp_with_heads(multiloss.MultiLossModel, k)
         model.compile(keras.optimizers.SGD(1e-3), loss="mse", balancer=method)
         models[method] = model
@@ -114,7 +124,8 @@ def worker(args):
     results = {}
     for k in args.tasks:
         x, y = common.regression_data(k, steps=args.steps)
-        samples = common.time_fit_steps(_keras_models(k, METHODS), x, y, rounds=args.rounds)
+        samples = common.time_fit_steps(_keras_models(k, args.methods), x, y,
+                                        rounds=args.rounds)
         row = common.summarize(samples, baseline="keras sum")
         if keras.backend.backend() == "torch":
             jd = _torchjd_samples(k, args.steps, args.rounds)
@@ -130,13 +141,15 @@ def main():
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS),
+                        help="balancer aliases; 'aggregators' means all of them")
     parser.add_argument("--backends", nargs="+", default=list(common.BACKENDS))
     parser.add_argument("--out", help="also write the markdown table here")
     args = parser.parse_args()
     if args.worker:
         return worker(args)
     passthrough = ["--tasks", *map(str, args.tasks), "--steps", str(args.steps),
-                   "--rounds", str(args.rounds)]
+                   "--rounds", str(args.rounds), "--methods", *args.methods]
     results = common.run_per_backend(os.path.abspath(__file__), passthrough, args.backends)
     lines = [
         f"Measured {common.machine_line()}; median ms per training step over {args.rounds} "

@@ -302,9 +302,21 @@ def loss_step_finite(losses, grads, check_gradients=True):
     sum is not (the sum cannot tell which)."""
     finite = ops.isfinite(losses)
     if check_gradients:
-        grads_ok = ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in grads if g is not None]))
+        grads_ok = ops.isfinite(_gradient_sum(grads))
         finite = _blame_losses_first(losses, ops.logical_and(finite, grads_ok))
     return finite
+
+
+def _gradient_sum(grads):
+    """The sum of every gradient entry, in float32: not finite when an entry
+    is not, or when the gradients are so large that their sum overflows
+    (an update that large is no better). One reduction per variable, where
+    an elementwise test would also write a mask of every entry."""
+    sums = [
+        ops.sum(ops.cast(g, "float32") if g.dtype == "float16" else g)
+        for g in grads if g is not None
+    ]
+    return ops.sum(ops.stack([ops.cast(value, "float32") for value in sums]))
 
 
 def representation_step(balancer, task_names, head_variables, per_task_heads, z_grads, losses,

@@ -244,18 +244,22 @@ def _finish(model, state, x, y, sample_weight, y_pred, grads, new_nt, losses, we
     """Applies the gradients (or keeps the old state for a skipped step) and
     updates the metrics: the end of every JAX step."""
     trainable, non_trainable, optimizer_values, metrics_values = state
-    new_trainable, new_optimizer = model.optimizer.stateless_apply(
-        optimizer_values, grads, trainable
-    )
+
+    def apply(_):
+        new_trainable, new_optimizer = model.optimizer.stateless_apply(
+            optimizer_values, grads, trainable
+        )
+        return list(new_trainable), list(new_optimizer), list(new_nt)
+
     if model._step_options.guards:
-        ok = jnp.all(finite)
+        # A branch, not a select over every variable: a skipped step costs
+        # nothing, an applied one does not read the old state twice.
+        def skip(_):
+            return list(trainable), list(optimizer_values), list(non_trainable)
 
-        def keep(new, old):
-            return [jnp.where(ok, a, b) for a, b in zip(new, old)]
-
-        new_trainable = keep(new_trainable, trainable)
-        new_optimizer = keep(new_optimizer, optimizer_values)
-        new_nt = keep(new_nt, non_trainable)
+        new_trainable, new_optimizer, new_nt = jax.lax.cond(jnp.all(finite), apply, skip, None)
+    else:
+        new_trainable, new_optimizer, new_nt = apply(None)
 
     with _scoped(model.metrics_variables, metrics_values) as scope:
         model._record_step(x, losses, weights, total, finite, gram, extras)
