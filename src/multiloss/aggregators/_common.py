@@ -1,6 +1,6 @@
 """Numerics shared by the aggregators: option checks, Gram scaling, the
 in-graph solvers (box- and simplex-constrained QPs by a primal-dual active
-set method, a PSD pseudo-inverse) and the non-convergence counters.
+set method, a PSD pseudo-inverse) and state helpers.
 
 Everything here is `keras.ops`, jit-compatible: fixed shapes, no Python
 control flow on tensor values, loops with a maximum number of iterations.
@@ -448,25 +448,8 @@ def power_system(hessian, power, x0, max_iter, tol):
 
 
 # --------------------------------------------------------------------------
-# Non-convergence counters
+# State helpers
 # --------------------------------------------------------------------------
-
-
-def add_counter(layer, name):
-    """A non-trainable float32 scalar Variable counting non-converged steps."""
-    return layer.add_weight(
-        shape=(), initializer="zeros", trainable=False, name=name, dtype="float32"
-    )
-
-
-def count_failure(variable, converged, training):
-    """Adds 1 to `variable` when `converged` is false (training steps only)."""
-    if training:
-        variable.assign_add(ops.where(converged, 0.0, 1.0))
-
-
-def counter_logs(layer, names_to_variables):
-    return {name: ops.convert_to_tensor(var) for name, var in names_to_variables.items()}
 
 
 def read(variable):

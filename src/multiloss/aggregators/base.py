@@ -4,7 +4,7 @@ from keras import ops
 
 from multiloss.balancer import Balancer
 
-__all__ = ["Aggregator"]
+__all__ = ["Aggregator", "SolverAggregator"]
 
 
 class Aggregator(Balancer):
@@ -85,6 +85,41 @@ class Aggregator(Balancer):
                 f"{type(self).__name__} has state {[v.name for v in state]} and must "
                 "implement reset()."
             )
+
+
+class SolverAggregator(Aggregator):
+    """An aggregator whose weights come from an iterative solver with a
+    fixed budget: it implements `solve(gram, losses) -> (weights,
+    converged)`, and the steps where the solver did not converge are
+    counted in its one log entry, `log_names[0]` (`<alias>_nonconverged`).
+    """
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.nonconverged = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="nonconverged",
+            dtype="float32",
+        )
+
+    def solve(self, gram, losses=None):
+        raise NotImplementedError
+
+    def weighting(self, gram, losses=None, training=True):
+        weights, converged = self.solve(gram, losses)
+        self.count_failure(converged, training)
+        return weights
+
+    def count_failure(self, converged, training):
+        """Adds 1 to the counter when `converged` is false (training steps
+        only)."""
+        if training:
+            self.nonconverged.assign_add(ops.where(converged, 0.0, 1.0))
+
+    def reset(self):
+        self.nonconverged.assign(0.0)
+
+    def logs(self):
+        return {self.log_names[0]: ops.convert_to_tensor(self.nonconverged)}
 
 
 def gram_matrix(jacobians):

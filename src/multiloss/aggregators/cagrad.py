@@ -3,14 +3,14 @@
 from keras import ops
 
 from multiloss.aggregators import _common as C
-from multiloss.aggregators.base import Aggregator
+from multiloss.aggregators.base import SolverAggregator
 from multiloss.balancer import register
 
 __all__ = ["CAGrad"]
 
 
 @register("cagrad")
-class CAGrad(Aggregator):
+class CAGrad(SolverAggregator):
     """Conflict-averse gradient descent (Liu et al., "Conflict-Averse
     Gradient Descent for Multi-task Learning", NeurIPS 2021, Algorithm 1).
 
@@ -74,10 +74,6 @@ class CAGrad(Aggregator):
         self.max_inner = C.check_int("max_inner", max_inner, 1, 10000, "CAGrad")
         self.tol = C.check_number("tol", tol, 0.0, 0.1, low_open=True, owner="CAGrad")
         self.reg_eps = C.check_number("reg_eps", reg_eps, 0.0, 1.0, owner="CAGrad")
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self.nonconverged = C.add_counter(self, "nonconverged")
 
     def solve(self, gram, losses=None):
         """(weights, converged) without touching any state."""
@@ -160,17 +156,6 @@ class CAGrad(Aggregator):
         finite = ops.all(ops.isfinite(weights))
         weights = ops.where(finite, weights, mean)
         return weights, ops.logical_or(trivial, ops.logical_and(done, finite))
-
-    def weighting(self, gram, losses=None, training=True):
-        w, converged = self.solve(gram, losses)
-        C.count_failure(self.nonconverged, converged, training)
-        return w
-
-    def reset(self):
-        self.nonconverged.assign(0.0)
-
-    def logs(self):
-        return {"cagrad_nonconverged": ops.convert_to_tensor(self.nonconverged)}
 
     def get_config(self):
         return {

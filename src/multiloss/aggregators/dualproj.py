@@ -4,7 +4,7 @@
 from keras import ops
 
 from multiloss.aggregators import _common as C
-from multiloss.aggregators.base import Aggregator
+from multiloss.aggregators.base import SolverAggregator
 from multiloss.aggregators.upgrad import dual_cone_setup
 from multiloss.balancer import register
 
@@ -12,7 +12,7 @@ __all__ = ["DualProj"]
 
 
 @register("dualproj")
-class DualProj(Aggregator):
+class DualProj(SolverAggregator):
     """DualProj (Quinton & Rey, "Jacobian Descent for Multi-Objective
     Optimization", 2024; the projection of Lopez-Paz & Ranzato's GEM, 2017,
     Eq. 11): the preference-weighted combination `J^T u` is projected onto
@@ -62,7 +62,6 @@ class DualProj(Aggregator):
     def build(self, input_shape):
         C.check_pref_length(self.pref_vector, input_shape[0], "DualProj")
         super().build(input_shape)
-        self.nonconverged = C.add_counter(self, "nonconverged")
 
     def solve(self, gram, losses=None):
         """(weights, converged) without touching any state."""
@@ -72,17 +71,6 @@ class DualProj(Aggregator):
             hessian, ops.zeros((1, k), "float32"), u[None, :], self.max_iter, self.tol
         )
         return v[0] * top, converged
-
-    def weighting(self, gram, losses=None, training=True):
-        w, converged = self.solve(gram, losses)
-        C.count_failure(self.nonconverged, converged, training)
-        return w
-
-    def reset(self):
-        self.nonconverged.assign(0.0)
-
-    def logs(self):
-        return {"dualproj_nonconverged": ops.convert_to_tensor(self.nonconverged)}
 
     def get_config(self):
         return {

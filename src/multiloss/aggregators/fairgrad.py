@@ -4,7 +4,7 @@
 from keras import ops
 
 from multiloss.aggregators import _common as C
-from multiloss.aggregators.base import Aggregator
+from multiloss.aggregators.base import SolverAggregator
 from multiloss.balancer import register
 
 __all__ = ["FairGrad"]
@@ -31,7 +31,7 @@ def masked_power_weights(scaled, active, power, x0, reg_eps, max_iter, tol):
 
 
 @register("fairgrad")
-class FairGrad(Aggregator):
+class FairGrad(SolverAggregator):
     """FairGrad (Ban & Ji, "Fair Resource Allocation in Multi-Task
     Learning", ICML 2024): the update maximises the alpha-fair utility of
     the tasks' improvements `g_i . d`; for `d = J^T w` its optimality
@@ -88,10 +88,6 @@ class FairGrad(Aggregator):
         self.tol = C.check_number("tol", tol, 0.0, 0.1, low_open=True, owner="FairGrad")
         self.reg_eps = C.check_number("reg_eps", reg_eps, 0.0, 1.0, owner="FairGrad")
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self.nonconverged = C.add_counter(self, "nonconverged")
-
     def solve(self, gram, losses=None):
         """(weights, converged) without touching any state."""
         gram = C.prepare_gram(gram)
@@ -105,17 +101,6 @@ class FairGrad(Aggregator):
         )
         factor = ops.exp(-self.alpha / (1.0 + self.alpha) * ops.log(s))
         return w * factor, converged
-
-    def weighting(self, gram, losses=None, training=True):
-        w, converged = self.solve(gram, losses)
-        C.count_failure(self.nonconverged, converged, training)
-        return w
-
-    def reset(self):
-        self.nonconverged.assign(0.0)
-
-    def logs(self):
-        return {"fairgrad_nonconverged": ops.convert_to_tensor(self.nonconverged)}
 
     def get_config(self):
         return {

@@ -4,7 +4,7 @@
 from keras import ops
 
 from multiloss.aggregators import _common as C
-from multiloss.aggregators.base import Aggregator
+from multiloss.aggregators.base import SolverAggregator
 from multiloss.balancer import register
 
 __all__ = ["MGDA"]
@@ -13,7 +13,7 @@ _NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
 @register("mgda")
-class MGDA(Aggregator):
+class MGDA(SolverAggregator):
     """Multiple-gradient descent (Désidéri 2012) as used for multi-task
     learning by Sener & Koltun, "Multi-Task Learning as Multi-Objective
     Optimization", NeurIPS 2018:
@@ -73,10 +73,6 @@ class MGDA(Aggregator):
         self.tol = C.check_number("tol", tol, 0.0, 0.1, low_open=True, owner="MGDA")
         self.reg_eps = C.check_number("reg_eps", reg_eps, 0.0, 1.0, owner="MGDA")
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self.nonconverged = C.add_counter(self, "nonconverged")
-
     def solve(self, gram, losses=None):
         """(weights, converged) without touching any state."""
         gram = C.prepare_gram(gram)
@@ -100,17 +96,6 @@ class MGDA(Aggregator):
             hessian, ops.zeros((k,), "float32"), self.max_iter, self.tol
         )
         return w, converged
-
-    def weighting(self, gram, losses=None, training=True):
-        w, converged = self.solve(gram, losses)
-        C.count_failure(self.nonconverged, converged, training)
-        return w
-
-    def reset(self):
-        self.nonconverged.assign(0.0)
-
-    def logs(self):
-        return {"mgda_nonconverged": ops.convert_to_tensor(self.nonconverged)}
 
     def get_config(self):
         return {

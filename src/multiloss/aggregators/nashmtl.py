@@ -3,7 +3,7 @@
 from keras import ops
 
 from multiloss.aggregators import _common as C
-from multiloss.aggregators.base import Aggregator
+from multiloss.aggregators.base import SolverAggregator
 from multiloss.aggregators.fairgrad import diagonal_start, masked_power_weights
 from multiloss.balancer import register
 
@@ -11,7 +11,7 @@ __all__ = ["NashMTL"]
 
 
 @register("nashmtl")
-class NashMTL(Aggregator):
+class NashMTL(SolverAggregator):
     """Nash-MTL (Navon et al., "Multi-Task Learning as a Bargaining Game",
     ICML 2022): the Nash bargaining solution over the tasks' improvements
     `g_i . d`, which for `d = J^T alpha` is
@@ -79,12 +79,11 @@ class NashMTL(Aggregator):
         )
         self.step = self.add_weight(shape=(), initializer="zeros", trainable=False,
                                     name="step")
-        self.nonconverged = C.add_counter(self, "nonconverged")
 
     def reset(self):
         self.previous_alpha.assign(ops.ones(self.previous_alpha.shape))
         self.step.assign(0.0)
-        self.nonconverged.assign(0.0)
+        super().reset()
 
     @staticmethod
     def _normalised(gram):
@@ -132,11 +131,8 @@ class NashMTL(Aggregator):
         if training:
             self.previous_alpha.assign(alpha)
             self.step.assign(step + 1.0)
-            C.count_failure(self.nonconverged, converged, training)
+            self.count_failure(converged, training)
         return self.clip(gram, alpha)
-
-    def logs(self):
-        return {"nashmtl_nonconverged": ops.convert_to_tensor(self.nonconverged)}
 
     def get_config(self):
         return {

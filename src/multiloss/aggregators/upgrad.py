@@ -3,7 +3,7 @@
 from keras import ops
 
 from multiloss.aggregators import _common as C
-from multiloss.aggregators.base import Aggregator
+from multiloss.aggregators.base import SolverAggregator
 from multiloss.balancer import register
 
 __all__ = ["UPGrad"]
@@ -25,7 +25,7 @@ def dual_cone_setup(gram, pref, reg_eps):
 
 
 @register("upgrad")
-class UPGrad(Aggregator):
+class UPGrad(SolverAggregator):
     """UPGrad (Quinton & Rey, "Jacobian Descent for Multi-Objective
     Optimization", 2024): each task gradient is projected onto the dual cone
     of all of them, `{x : g_j . x >= 0 for all j}`, and the projections are
@@ -82,7 +82,6 @@ class UPGrad(Aggregator):
     def build(self, input_shape):
         C.check_pref_length(self.pref_vector, input_shape[0], "UPGrad")
         super().build(input_shape)
-        self.nonconverged = C.add_counter(self, "nonconverged")
 
     def projections(self, gram):
         """(V, converged): row i of V holds the weights of the projection of
@@ -100,17 +99,6 @@ class UPGrad(Aggregator):
         """(weights, converged) without touching any state."""
         v, converged = self.projections(gram)
         return ops.sum(v, axis=0), converged
-
-    def weighting(self, gram, losses=None, training=True):
-        w, converged = self.solve(gram, losses)
-        C.count_failure(self.nonconverged, converged, training)
-        return w
-
-    def reset(self):
-        self.nonconverged.assign(0.0)
-
-    def logs(self):
-        return {"upgrad_nonconverged": ops.convert_to_tensor(self.nonconverged)}
 
     def get_config(self):
         return {
