@@ -187,6 +187,33 @@ def test_raise_names_the_task_and_changes_nothing(balancer):
         np.testing.assert_array_equal(a, np.array(v))
 
 
+def _sqrt_head_model():
+    """Head `b` ends in sqrt of a zero output: its loss is finite, its
+    gradient (d sqrt / dt at 0) is not, for its head and for the trunk."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((6,))
+    h = layers.Dense(8, activation="tanh", name="trunk")(inputs)
+    a = layers.Dense(1, name="a")(h)
+    b = layers.Dense(2, kernel_initializer="zeros", name="b_linear")(h)
+    b = layers.Lambda(lambda t: keras.ops.sqrt(t), name="b")(b)
+    return ML(inputs, {"a": a, "b": b})
+
+
+@pytest.mark.parametrize("mode", ["parameters", "representation"])
+@pytest.mark.parametrize("balancer", ["pcgrad", "mgda"])
+def test_a_non_finite_gradient_under_finite_losses_names_its_task(balancer, mode):
+    x, y = _batch(16)
+    model = _sqrt_head_model()
+    extra = {"representation": "trunk"} if mode == "representation" else {}
+    model.compile(keras.optimizers.SGD(0.1), loss=LOSS, balancer=balancer, **extra)
+    before = [np.array(v) for v in model.trainable_variables]
+    assert np.isfinite(model.evaluate(x, y, verbose=0, return_dict=True)["b_loss"])
+    with pytest.raises(FloatingPointError, match=r"task\(s\) \['b'\] at epoch 0, batch 0"):
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    for a, v in zip(before, model.trainable_variables):
+        np.testing.assert_array_equal(a, np.array(v))
+
+
 def test_a_task_without_gradient_path_is_named():
     inputs = keras.Input((4,))
     h = layers.Dense(3, name="trunk")(inputs)

@@ -14,7 +14,8 @@ way, then hands them here:
 The Gram matrix is `sum_v J_v J_v^T`: all variables are never concatenated.
 """
 
-from keras import ops
+import numpy as np
+from keras import backend, ops
 
 from multiloss.aggregators.base import combine, gram_matrix
 
@@ -144,11 +145,13 @@ def aggregate(balancer, jacobians, losses, scale, training=True, gram_jacobians=
         losses = _finite_or_zero(losses)
     if getattr(balancer, "needs", "gram") == "jacobians":
         unscaled = [ops.divide(j, ops.cast(scale, j.dtype)) for j in jacobians]
+        # Before sanitizing: its diagonal tells which task is not finite.
+        gram = ops.cast(gram_matrix(unscaled), "float32")
         if sanitize:
             unscaled = [_finite_or_zero(j) for j in unscaled]
         directions, weights = balancer.aggregate(unscaled, losses, training=training)
         directions = [ops.multiply(d, ops.cast(scale, d.dtype)) for d in directions]
-        return directions, weights, gram_matrix(unscaled)
+        return directions, weights, gram
     squared = ops.square(scale)
     gram = ops.divide(ops.cast(gram_matrix(jacobians), "float32"), squared)
     if gram_jacobians is not None:
@@ -163,12 +166,21 @@ def aggregate(balancer, jacobians, losses, scale, training=True, gram_jacobians=
 
 def own_gradient(task_weights, grads_per_task):
     """`sum_k c_k g_k` over the tasks that reach a variable (their gradients
-    not None), or None if none does."""
+    not None), or None if none does.
+
+    Args:
+        task_weights: the K fixed weights c_k, as a list of scalars
+            (`ops.unstack` once per step: indexing a Variable per gradient
+            costs an op each time on an eager backend).
+        grads_per_task: K gradients of the variable, None where unreached.
+    """
     total = None
-    for k, grad in enumerate(grads_per_task):
+    for weight, grad in zip(task_weights, grads_per_task):
         if grad is None:
             continue
-        term = ops.multiply(grad, ops.cast(task_weights[k], grad.dtype))
+        if backend.standardize_dtype(weight.dtype) != backend.standardize_dtype(grad.dtype):
+            weight = ops.cast(weight, grad.dtype)
+        term = ops.multiply(grad, weight)
         total = term if total is None else ops.add(total, term)
     return total
 
@@ -189,29 +201,37 @@ def gram_diagnostics(gram, eps=1e-12):
     return norms, cos_min, ratio
 
 
-def task_finite_mask(losses, grads_by_task):
+def task_finite_mask(losses, grads_by_task, gram=None):
     """(K,) booleans: task k's loss and every gradient it produced are finite.
+
+    One reduction per gradient, no elementwise mask: a sum is not finite
+    when an entry is not (or when the gradient is so large that its sum
+    overflows: an update that large is no better). The gradients the Gram
+    matrix covers cost nothing more: `G_kk` is the sum of task k's squared
+    entries, so it is finite exactly when they are.
 
     Args:
         losses: (K,) task losses.
-        grads_by_task: K lists of gradient tensors (None entries skipped).
+        grads_by_task: K lists of gradient tensors the Gram matrix does not
+            cover (None entries skipped).
+        gram: the (K, K) Gram matrix of the other gradients, or None.
     """
-    flags = []
+    ok = ops.isfinite(losses)
+    if gram is not None:
+        ok = ops.logical_and(ok, ops.isfinite(ops.diagonal(gram)))
+    owners, sums = [], []
     for k, grads in enumerate(grads_by_task):
-        ok = ops.isfinite(losses[k])
         for grad in grads:
             if grad is not None:
-                ok = ops.logical_and(ok, ops.all(ops.isfinite(grad)))
-        flags.append(ok)
-    return ops.stack(flags)
-
-
-def jacobian_finite_mask(losses, jacobians):
-    """(K,) booleans from stacked (K, ...) Jacobians."""
-    ok = ops.isfinite(losses)
-    for jacobian in jacobians:
-        flat = ops.reshape(jacobian, (jacobian.shape[0], -1))
-        ok = ops.logical_and(ok, ops.all(ops.isfinite(flat), axis=1))
+                owners.append(k)
+                sums.append(_sum32(grad))
+    if sums:
+        # Count each task's non-finite sums with one product by a (K, N)
+        # 0/1 ownership matrix: few ops whatever the number of gradients.
+        ownership = np.zeros((len(grads_by_task), len(sums)), "float32")
+        ownership[owners, np.arange(len(sums))] = 1.0
+        bad = ops.cast(ops.logical_not(ops.isfinite(ops.stack(sums))), "float32")
+        ok = ops.logical_and(ok, ops.matmul(ownership, bad) == 0.0)
     return ok
 
 
@@ -280,11 +300,18 @@ def gradient_step(balancer, variables, per_task, losses, scale, flags, *,
     grads = [None] * len(variables)
     for direction, i in zip(directions, shared):
         grads[i] = direction if replicas == 1 else ops.divide(direction, replicas)
+    task_weights = ops.unstack(ops.convert_to_tensor(balancer.task_weights))
     for i in range(len(variables)):
         if not flags[i]:
-            grads[i] = own_gradient(balancer.task_weights, [g[i] for g in per_task])
+            grads[i] = own_gradient(task_weights, [g[i] for g in per_task])
     total = ops.sum(ops.multiply(weights, ops.cast(losses, weights.dtype)))
-    finite = task_finite_mask(losses, per_task if check_gradients else [[] for _ in per_task])
+    if check_gradients:
+        # The Gram matrix covers the shared gradients (summed over replicas:
+        # a non-finite one on any replica shows).
+        own = [[g for g, flag in zip(grads_k, flags) if not flag] for grads_k in per_task]
+        finite = task_finite_mask(losses, own, gram if shared else None)
+    else:
+        finite = ops.isfinite(losses)
     return grads, weights, total, gram, _blame_losses_first(losses, finite)
 
 
@@ -301,22 +328,29 @@ def loss_step_finite(losses, grads, check_gradients=True):
     finite; every task when the losses are finite but the gradient of their
     sum is not (the sum cannot tell which)."""
     finite = ops.isfinite(losses)
-    if check_gradients:
-        grads_ok = ops.isfinite(_gradient_sum(grads))
-        finite = _blame_losses_first(losses, ops.logical_and(finite, grads_ok))
+    total = _gradient_sum(grads) if check_gradients else None
+    if total is not None:
+        finite = _blame_losses_first(losses, ops.logical_and(finite, ops.isfinite(total)))
     return finite
 
 
+def _sum32(grad):
+    """The sum of a gradient's entries as a float32 scalar (float16 summed
+    in float32, where its range would overflow first)."""
+    dtype = backend.standardize_dtype(grad.dtype)
+    if dtype == "float16":
+        grad, dtype = ops.cast(grad, "float32"), "float32"
+    total = ops.sum(grad)
+    return total if dtype == "float32" else ops.cast(total, "float32")
+
+
 def _gradient_sum(grads):
-    """The sum of every gradient entry, in float32: not finite when an entry
-    is not, or when the gradients are so large that their sum overflows
-    (an update that large is no better). One reduction per variable, where
-    an elementwise test would also write a mask of every entry."""
-    sums = [
-        ops.sum(ops.cast(g, "float32") if g.dtype == "float16" else g)
-        for g in grads if g is not None
-    ]
-    return ops.sum(ops.stack([ops.cast(value, "float32") for value in sums]))
+    """The sum of every entry of `grads` in float32 (None if there are
+    none): not finite when an entry is not, or when the sum overflows."""
+    sums = [_sum32(g) for g in grads if g is not None]
+    if not sums:
+        return None
+    return sums[0] if len(sums) == 1 else ops.sum(ops.stack(sums))
 
 
 def representation_step(balancer, task_names, head_variables, per_task_heads, z_grads, losses,
@@ -355,13 +389,16 @@ def representation_step(balancer, task_names, head_variables, per_task_heads, z_
         balancer, [z_jacobian], losses, scale, training=True, sanitize=sanitize
     )
     head_grads = []
+    task_weights = ops.unstack(ops.convert_to_tensor(balancer.task_weights))
     for i, variable in enumerate(head_variables):
         column = [g[i] for g in per_task_heads]
         if sum(g is not None for g in column) >= 2:
             head_grads.append(combine(weights, _stack_task_gradients(per_task_heads, i, variable)))
         else:
-            head_grads.append(own_gradient(balancer.task_weights, column))
+            head_grads.append(own_gradient(task_weights, column))
     total = ops.sum(ops.multiply(weights, ops.cast(losses, weights.dtype)))
-    checked = [[z] + list(h) for z, h in zip(z_grads, per_task_heads)]
-    finite = task_finite_mask(losses, checked if check_gradients else [[] for _ in checked])
+    if check_gradients:
+        finite = task_finite_mask(losses, per_task_heads, gram)
+    else:
+        finite = ops.isfinite(losses)
     return head_grads, directions[0], weights, total, gram, _blame_losses_first(losses, finite)

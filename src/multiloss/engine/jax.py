@@ -1,7 +1,7 @@
 """JAX engine: the stateless train step and the gradient transform.
 
-Per-task gradients are `jax.vmap` of one `jax.vjp` over the rows of the
-identity: the natural JAX form, one trace, K backward passes batched.
+Per-task gradients are K `jax.grad` calls, one per task loss, over one
+trace of the model (see `task_gradients` for why not a `vmap`).
 JAX returns zeros, not `None`, for a variable a task does not reach; which
 task reaches which variable is read from the step's jaxpr instead.
 
@@ -24,6 +24,7 @@ from multiloss.engine import common
 __all__ = [
     "jit", "train_step", "representation_train_step", "value_and_grad", "balancer_state", "write_state", "BalancedGrads",
     "trace_once",
+    "task_gradients",
     "task_gram",
 ]
 
@@ -74,6 +75,33 @@ def trace_once(fn, num_outputs, params):
     return replay, reach
 
 
+def task_gradients(replay, params, reach, scale=1.0):
+    """Per task t, the gradient of `replay(params)[0][t] * scale`: K lists
+    over the leaves of `params`, None where task t does not reach a leaf.
+
+    One backward pass per task, each started from its own loss alone: JAX
+    skips every equation whose cotangent is a symbolic zero, so task t's
+    pass never runs through another task's head, and a non-finite gradient
+    in one head cannot leak into the others (0 * inf). A `vmap` of one vjp
+    over one-hot cotangents runs every head for every task (K^2 head passes)
+    and measured slower here at every K; XLA merges the K identical forward
+    passes.
+    """
+    leaves = jax.tree_util.tree_leaves(params)
+
+    def task_loss(t):
+        return lambda p: replay(p)[0][t] * scale
+
+    per_task = []
+    for t, reached in enumerate(reach):
+        if not any(reached):
+            per_task.append([None] * len(leaves))
+            continue
+        grads = jax.tree_util.tree_leaves(jax.grad(task_loss(t))(params))
+        per_task.append([g if r else None for g, r in zip(grads, reached)])
+    return per_task
+
+
 def _scoped(variables, values):
     return keras.StatelessScope(state_mapping=list(zip(variables, values)))
 
@@ -118,13 +146,8 @@ def train_step(model, state, data):
     gram = None
     flags = model._shared_flags(reach, variables)
     if options.needs_task_gradients:
-        losses, vjp, (y_pred, new_nt) = jax.vjp(forward, trainable, has_aux=True)
-        k = losses.shape[0]
-        (jacobians,) = jax.vmap(vjp)(jnp.eye(k, dtype=losses.dtype) * scale)
-        per_task = [
-            [jacobians[i][t] if reach[t][i] else None for i in range(len(variables))]
-            for t in range(k)
-        ]
+        losses, (y_pred, new_nt) = forward(trainable)
+        per_task = task_gradients(replay, trainable, reach, scale)
     if options.mode == "gram":
         with balancer_scope(trainable, new_nt) as scope:
             grads, weights, total, gram, finite = common.gradient_step(
@@ -206,15 +229,10 @@ def representation_train_step(model, state, data):
         losses, aux = replay(params)
         return jnp.stack(losses), aux
 
-    losses, heads_vjp, (y_pred, heads_nt) = jax.vjp(stacked, (head_values, z), has_aux=True)
-    k = losses.shape[0]
-    ((head_jacobians, z_jacobian),) = jax.vmap(heads_vjp)(jnp.eye(k, dtype=losses.dtype) * scale)
-    z_reached = [row[num_heads] for row in reach]
-    per_task_heads = [
-        [head_jacobians[i][t] if reach[t][i] else None for i in range(num_heads)]
-        for t in range(k)
-    ]
-    z_grads = [z_jacobian[t] if z_reached[t] else None for t in range(k)]
+    losses, (y_pred, heads_nt) = stacked((head_values, z))
+    task_grads = task_gradients(replay, (head_values, z), reach, scale)
+    per_task_heads = [grads[:num_heads] for grads in task_grads]
+    z_grads = [grads[num_heads] for grads in task_grads]
 
     new_nt = list(non_trainable)
     for v, value in zip(trunk.non_trainable_variables, trunk_nt):
@@ -360,12 +378,8 @@ def value_and_grad(fn, balancer, has_aux=False, shared=None):
                 losses, aux = replay(flat)
                 return jnp.stack(losses), aux
 
-            losses, vjp, aux = jax.vjp(stacked, leaves, has_aux=True)
-            (jacobians,) = jax.vmap(vjp)(jnp.eye(num_tasks, dtype=losses.dtype))
-            per_task = [
-                [jacobians[i][t] if reach[t][i] else None for i in range(len(leaves))]
-                for t in range(num_tasks)
-            ]
+            losses, aux = stacked(leaves)
+            per_task = task_gradients(replay, leaves, reach)
             with _scoped(variables, state) as scope:
                 grads, weights, _, _, _ = common.gradient_step(
                     balancer, leaves, per_task, losses, 1.0, flags,
@@ -420,15 +434,8 @@ def task_gram(model):
         replay, reach = trace_once(forward, len(tasks), trainable)
         flags = model._shared_flags(reach, variables)
 
-        def stacked(values):
-            return jnp.stack(replay(values)[0])
-
-        losses, vjp = jax.vjp(stacked, trainable)
-        (jacobians,) = jax.vmap(vjp)(jnp.eye(losses.shape[0], dtype=losses.dtype))
-        per_task = [
-            [jacobians[i][t] if reach[t][i] else None for i in range(len(variables))]
-            for t in range(losses.shape[0])
-        ]
+        losses = jnp.stack(replay(trainable)[0])
+        per_task = task_gradients(replay, trainable, reach)
         return losses, common.shared_gram(variables, per_task, flags, 1.0)
 
     def call(x, y, sample_weight):
