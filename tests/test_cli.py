@@ -56,6 +56,26 @@ def test_demo_shows_every_loss_level_balancer_beside_static():
                   and name != "Weighting"}
     assert loss_level <= set(methods), loss_level - set(methods)
     assert set(cli.DEMO_AGGREGATORS) <= set(methods)
+    scales = cli.demo_methods("scales")
+    assert scales[0] == "static" and set(scales) <= set(balancer.available())
+    assert {"uncertainty", "gradnorm"} <= set(scales)
+
+
+def test_demo_runs_toy2d_scales_and_multidigits_with_their_methods(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_run_bench(names, methods, seeds, **kwargs):
+        calls.append((names, methods))
+        return {}, []
+
+    monkeypatch.setattr(cli, "run_bench", fake_run_bench)
+    assert cli.main(["demo", "--report", str(tmp_path)]) == 0
+    names, methods = calls[0]
+    assert names == ["toy2d", "scales", "multidigits"]
+    assert methods["scales"] == cli.demo_methods("scales")
+    assert methods["toy2d"] == methods["multidigits"] == cli.demo_methods()
+    assert cli.main(["demo", "--methods", "static,mgda", "--report", str(tmp_path)]) == 0
+    assert calls[1][1] == ["static", "mgda"]
 
 
 def test_report_command_merges_json_files(tmp_path, capsys):

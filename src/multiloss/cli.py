@@ -7,10 +7,10 @@
 
 `PROBLEM` is a name from `multiloss.bench.problems.names()` (toy2d, scales,
 multidigits, multimnist, qm9), several separated by commas, `all`, or
-`quick` (toy2d, scales, multidigits). `demo` is `bench toy2d,multidigits
---quick` with static weights, every loss-level balancer and five
-gradient-level ones, and a report in `demo-report/`: what `make demo` runs
-(under 2 minutes on 2 CPU cores).
+`quick` (toy2d, scales, multidigits). `demo` is `bench quick --quick`
+with static weights, every loss-level balancer and five gradient-level
+ones (on `scales`, the nine of `DEMO_SCALES_METHODS`), and a report in
+`demo-report/`: what `make demo` runs (under 5 minutes on 2 CPU cores).
 `report` merges the JSON files of several `bench --json` runs (one per
 problem, say) into one table set and one report.
 """
@@ -22,20 +22,27 @@ import sys
 
 __all__ = ["main", "demo_methods"]
 
-# The demo's problems: the Pareto-set toy and the two-digit task (the
-# `scales` regression costs as much again).
-DEMO_PROBLEMS = ("toy2d", "multidigits")
+# The demo's problems: the Pareto-set toy, the losses of scales 1 to 100,
+# and the two-digit task.
+DEMO_PROBLEMS = ("toy2d", "scales", "multidigits")
 # Gradient-level balancers the demo shows beside the loss-level ones.
 DEMO_AGGREGATORS = ("pcgrad", "mgda", "upgrad", "nashmtl", "cagrad")
+# On `scales` (its runs cost the most) the demo shows the methods made for
+# losses of different scales, beside static weights.
+DEMO_SCALES_METHODS = ("static", "uncertainty", "scalenormalized", "famo", "imtll",
+                       "gradnorm", "imtlg", "nashmtl", "mgda")
 
 
-def demo_methods():
-    """Static weights, every registered loss-level balancer, then a
-    handful of gradient-level ones."""
+def demo_methods(problem=None):
+    """The methods the demo runs on `problem`: static weights, every
+    registered loss-level balancer and a handful of gradient-level ones;
+    on `scales`, `DEMO_SCALES_METHODS`."""
     from multiloss import balancer as balancer_module
     from multiloss.aggregators import Aggregator
 
     available = balancer_module.available()
+    if problem == "scales":
+        return [m for m in DEMO_SCALES_METHODS if m in available]
     loss_level = [m for m in available
                   if m != "static" and not isinstance(balancer_module.get(m), Aggregator)]
     return ["static", *loss_level, *(m for m in DEMO_AGGREGATORS if m in available)]
@@ -139,7 +146,8 @@ def run_bench(problem_names, methods, seeds, steps=None, quick=False, json_path=
               report_dir=None, command=None, console=None):
     """Runs the problems, prints each results table, writes the JSON and the
     report; returns `(document, errors)`, errors a list of messages for the
-    problems that could not run (a missing data package)."""
+    problems that could not run (a missing data package). `methods` is a
+    list of aliases, or a dict from problem name to such a list."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn)
 
@@ -156,8 +164,9 @@ def run_bench(problem_names, methods, seeds, steps=None, quick=False, json_path=
         for name in problem_names:
             for problem in problems.get(name):
                 n = steps or (problem.quick_steps if quick else problem.default_steps)
+                chosen = methods[name] if isinstance(methods, dict) else methods
                 try:
-                    result = runner.run_problem(problem, methods, seeds, n, reporter)
+                    result = runner.run_problem(problem, chosen, seeds, n, reporter)
                 except MissingPackage as exc:
                     errors.append(str(exc))
                     progress.console.print(f"[red]{problem.name}: {exc}[/]")
@@ -200,7 +209,10 @@ def _bench(args, argv):
 
 
 def _demo(args, argv):
-    methods = _methods(args.methods, demo_methods)
+    if args.methods:
+        methods = _methods(args.methods, demo_methods)
+    else:
+        methods = {name: demo_methods(name) for name in DEMO_PROBLEMS}
     report_dir = args.report
     _, errors = run_bench(
         list(DEMO_PROBLEMS), methods, list(range(args.seeds)), quick=True,
@@ -277,8 +289,8 @@ def main(argv=None):
     bench.set_defaults(run=_bench)
 
     demo = commands.add_parser(
-        "demo", help="toy2d and multidigits, short runs, static weights beside every loss-level "
-                     "balancer and five gradient-level ones",
+        "demo", help="toy2d, scales and multidigits, short runs, static weights beside every "
+                     "loss-level balancer and five gradient-level ones",
     )
     demo.add_argument("--methods", help="comma-separated balancer aliases (default: a handful)")
     demo.add_argument("--seeds", type=int, default=1)
