@@ -102,7 +102,8 @@ class FAMO(Weighting):
         # second moments, the previous step's log losses): one read and one
         # write per step, which is what costs in an eager step.
         self.state = add_state(self, "state", 0.0, (4, k))
-        self._betas = np.array([_BETA_1, _BETA_2], "float32")
+        self._betas = np.array([[_BETA_1], [_BETA_2]], "float32")
+        self._rates = 1.0 - self._betas
         self.steps = add_state(self, "steps", 0, (), dtype="int32")
 
     @property
@@ -111,52 +112,50 @@ class FAMO(Weighting):
         return ops.convert_to_tensor(self.state)[0]
 
     def combine(self, losses, training=True):
-        return self._rule(losses, ops.convert_to_tensor(self.task_weights), training)
+        return self._rule(losses, self.task_weights.value, training)
 
     def balance(self, losses, training=True):
         return self._rule(losses, ops.ones_like(losses), training)
 
+    # Arithmetic below uses Python operators on backend tensors rather than
+    # `ops.add` & co.: the same backend operation without Keras's argument
+    # conversion, which costs more than the operation itself on K numbers in
+    # an eager (torch) step.
+
     def _rule(self, losses, fixed, training):
-        shifted = positive_part(losses, self._floor)
-        d = ops.add(shifted, self.epsilon)
+        d = positive_part(losses, self._floor) + self.epsilon
         log_d = ops.log(d)
         if training:
             logits = self._update(ops.stop_gradient(log_d))
         else:
             logits = self.logits
-        z = ops.softmax(logits)
-        cz = ops.multiply(fixed, z)
+        cz = fixed * ops.softmax(logits)
         # C > 0 unless every fixed weight is 0; the tiny term keeps 0/0 out.
-        c = ops.add(ops.stop_gradient(ops.sum(ops.divide(cz, d))), _TINY)
-        total = ops.divide(ops.sum(ops.multiply(cz, log_d)), c)
-        # sign(shifted) is 1 for an active task, 0 for a clamped one.
-        weights = ops.multiply(ops.divide(cz, ops.multiply(c, d)), ops.sign(shifted))
+        c = ops.stop_gradient(ops.sum(cz / d)) + _TINY
+        total = ops.sum(cz * log_d) / c
+        # A clamped task (d = epsilon: at or below its floor) gets weight 0.
+        weights = ops.where(d > self.epsilon, cz / (c * d), 0.0)
         return total, ops.stop_gradient(weights)
 
     def _update(self, log_d):
         """One Adam step of the logits from the previous step's losses to
         these; a no-op at the first step. Returns the logits to use now."""
-        state = ops.convert_to_tensor(self.state)
-        logits, m, v, previous = state[0], state[1], state[2], state[3]
-        steps = ops.convert_to_tensor(self.steps)
+        state = self.state.value
+        logits, moments, previous = state[0], state[1:3], state[3]
+        steps = self.steps.value
+        delta = previous - log_d
+        z = ops.softmax(logits)
+        grad = z * (delta - ops.sum(z * delta)) + self.gamma * logits
         # At the first step there is no previous loss: a zero gradient (with
         # m = v = 0, Adam then moves nothing and its moments stay 0).
-        first = ops.cast(ops.greater(steps, 0), "float32")
-        delta = ops.subtract(previous, log_d)
-        z = ops.softmax(logits)
-        grad = ops.multiply(z, ops.subtract(delta, ops.sum(ops.multiply(z, delta))))
-        grad = ops.multiply(ops.add(grad, ops.multiply(self.gamma, logits)), first)
-        m = ops.add(m, ops.multiply(1.0 - _BETA_1, ops.subtract(grad, m)))
-        v = ops.add(v, ops.multiply(1.0 - _BETA_2, ops.subtract(ops.square(grad), v)))
+        grad = ops.where(steps > 0, grad, 0.0)
+        # Both moments at once: rows m and v, rates 1 - beta_1 and 1 - beta_2.
+        moments = moments + ops.multiply(self._rates, ops.stack([grad, grad * grad]) - moments)
         t = ops.cast(ops.maximum(steps, 1), "float32")
-        corrections = ops.subtract(1.0, ops.power(self._betas, t))  # 1 - beta^t
-        step = ops.divide(
-            ops.divide(m, corrections[0]),
-            ops.add(ops.sqrt(ops.divide(v, corrections[1])), _ADAM_EPSILON),
-        )
-        logits = ops.subtract(logits, ops.multiply(self.w_lr, step))
-        self.state.assign(ops.stack([logits, m, v, log_d]))
-        self.steps.assign(ops.add(steps, 1))
+        corrected = moments / (1.0 - ops.power(self._betas, t))  # m / (1 - beta_1^t), v / ...
+        logits = logits - self.w_lr * corrected[0] / (ops.sqrt(corrected[1]) + _ADAM_EPSILON)
+        self.state.assign(ops.concatenate([logits[None], moments, log_d[None]]))
+        self.steps.assign(steps + 1)
         return logits
 
     def get_config(self):

@@ -115,54 +115,52 @@ class STCH(Weighting):
         self.epochs_done.assign(int(ops.convert_to_numpy(self.epochs_done)) + 1)
 
     def combine(self, losses, training=True):
-        return self._rule(losses, ops.convert_to_tensor(self.task_weights), training)
+        return self._rule(losses, self.task_weights.value, training)
 
     def balance(self, losses, training=True):
         return self._rule(losses, ops.ones_like(losses), training)
 
+    # Arithmetic uses Python operators on backend tensors rather than
+    # `ops.add` & co.: the same backend operation without Keras's argument
+    # conversion, which costs more than the operation itself on K numbers in
+    # an eager (torch) step.
+
     def _rule(self, losses, fixed, training):
         eps = self.epsilon
         shifted = positive_part(losses, self._floor)
-        epoch = ops.convert_to_tensor(self.epochs_done)
-        nadir_sum = ops.convert_to_tensor(self.nadir_sum)
-        nadir_steps = ops.convert_to_tensor(self.nadir_steps)
+        # `.value`: the tensor (or a JAX step's stateless value) without a
+        # conversion call.
+        epoch = self.epochs_done.value
+        nadir_sum = self.nadir_sum.value
+        nadir_steps = self.nadir_steps.value
         if training:
-            gather = ops.cast(ops.equal(epoch, self.warmup_epochs), "float32")
-            nadir_sum = ops.add(nadir_sum, ops.multiply(gather, ops.stop_gradient(shifted)))
-            nadir_steps = ops.add(nadir_steps, gather)
+            gather = ops.cast(epoch == self.warmup_epochs, "float32")
+            nadir_sum = nadir_sum + gather * ops.stop_gradient(shifted)
+            nadir_steps = nadir_steps + gather
             self.nadir_sum.assign(nadir_sum)
             self.nadir_steps.assign(nadir_steps)
-        stch_phase = ops.logical_and(
-            ops.greater(epoch, self.warmup_epochs), ops.greater(nadir_steps, 0.0)
-        )
+        stch_phase = ops.logical_and(epoch > self.warmup_epochs, nadir_steps > 0.0)
 
         # Both phases are computed and one is selected: a cheap few ops, where
         # ops.cond would recompile its branches at every eager JAX call.
-        warm_total = ops.sum(ops.multiply(fixed, ops.log(ops.add(shifted, eps))))
-        warm_weights = ops.divide(fixed, ops.add(shifted, eps))
+        warm_total = ops.sum(fixed * ops.log(shifted + eps))
+        warm_weights = fixed / (shifted + eps)
 
         # Before the nadir exists, a harmless 1 keeps the unused phase finite;
         # a task that sat at its floor through the whole nadir epoch gets the
         # smallest nadir that keeps its gradient finite in float32.
-        nadir = ops.divide(nadir_sum, ops.maximum(nadir_steps, 1.0))
-        level = ops.add(ops.where(stch_phase, ops.maximum(nadir, _MIN_NADIR), 1.0), eps)
-        scaled = ops.divide(
-            ops.multiply(fixed, ops.log(ops.add(ops.divide(shifted, level), eps))), self.mu
-        )
+        nadir = nadir_sum / ops.maximum(nadir_steps, 1.0)
+        level = ops.where(stch_phase, ops.maximum(nadir, _MIN_NADIR), 1.0) + eps
+        scaled = fixed * ops.log(shifted / level + eps) / self.mu
         top = ops.stop_gradient(ops.max(scaled))
         k = float(losses.shape[0])
-        stch_total = ops.multiply(
-            self.mu * k, ops.add(ops.log(ops.sum(ops.exp(ops.subtract(scaled, top)))), top)
-        )
-        stch_weights = ops.divide(
-            ops.multiply(k, ops.multiply(fixed, ops.softmax(scaled))),
-            ops.add(shifted, ops.multiply(eps, level)),
-        )
+        stch_total = (self.mu * k) * (ops.log(ops.sum(ops.exp(scaled - top))) + top)
+        stch_weights = k * fixed * ops.softmax(scaled) / (shifted + eps * level)
 
         total = ops.where(stch_phase, stch_total, warm_total)
-        weights = ops.where(stch_phase, stch_weights, warm_weights)
-        # sign(shifted) is 1 for an active task, 0 for a clamped one.
-        return total, ops.stop_gradient(ops.multiply(weights, ops.sign(shifted)))
+        # A clamped task (at or below its floor) gets weight 0.
+        weights = ops.where(shifted > 0.0, ops.where(stch_phase, stch_weights, warm_weights), 0.0)
+        return total, ops.stop_gradient(weights)
 
     def get_config(self):
         return {
