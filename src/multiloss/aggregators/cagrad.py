@@ -8,6 +8,10 @@ from multiloss.balancer import register
 
 __all__ = ["CAGrad"]
 
+# The QP's tolerance never goes below what float32 resolves on a Gram matrix
+# scaled to a largest diagonal entry of 1.
+_QP_TOL_FLOOR = 1e-7
+
 
 @register("cagrad")
 class CAGrad(SolverAggregator):
@@ -107,8 +111,12 @@ class CAGrad(SolverAggregator):
             # on the simplex. Rounds of three: t1 = h(t0), t2 = h(t1), then
             # h at the Aitken extrapolation of t0, t1, t2 (the fixed point
             # t = h(t) = ||g_w(t)||), keeping the better of the last two.
+            # The QP's multipliers are those of the problem times t / radius:
+            # its tolerance follows, or a small t (conflicting tasks) would
+            # leave a gap the outer test never accepts.
+            qp_tol = ops.maximum(tol * (1.0 + radius) * t_in / safe_radius, _QP_TOL_FLOOR)
             w_q, ok_q, _, support = C.simplex_qp(
-                hessian, a * t_in / safe_radius, self.max_inner, tol, free0=support
+                hessian, a * t_in / safe_radius, self.max_inner, qp_tol, free0=support
             )
             t_q = norm_of(w_q)
             phase = ops.mod(it, 3)
