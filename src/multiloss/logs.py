@@ -92,16 +92,20 @@ class TaskMetrics(keras.metrics.Metric):
             self.diagnosed_steps.assign_add(step)
 
     def result(self):
-        losses = ops.divide_no_nan(self.loss_sum, self.count)
-        weights = ops.divide_no_nan(self.weight_sum, self.count)
+        # Computed at every step (Keras logs each batch): one unstack per
+        # vector rather than K slices.
+        losses = ops.unstack(ops.divide_no_nan(self.loss_sum, self.count))
+        weights = ops.unstack(ops.divide_no_nan(self.weight_sum, self.count))
         logs = {}
         for i, name in enumerate(self.task_names):
             logs[f"{name}_loss"] = losses[i]
             logs[f"{name}_weight"] = weights[i]
-        for i, name in enumerate(self.extra_names):
-            logs[name] = self.extra[i]
+        if self.extra_names:
+            extra = ops.unstack(ops.convert_to_tensor(self.extra))
+            for i, name in enumerate(self.extra_names):
+                logs[name] = extra[i]
         if self.diagnostics:
-            norms = ops.divide_no_nan(self.norm_sum, self.diagnosed_steps)
+            norms = ops.unstack(ops.divide_no_nan(self.norm_sum, self.diagnosed_steps))
             for i, name in enumerate(self.task_names):
                 logs[f"{name}_grad_norm"] = norms[i]
             logs["grad_cos_min"] = ops.divide_no_nan(self.cos_min_sum, self.diagnosed_steps)

@@ -510,14 +510,24 @@ class MultiLossModel(keras.Model):
         bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
         callbacks = bound.arguments.get("callbacks")
         args = self._compile_args
-        hooks = _BalancerHooks(raise_on_skip=args is not None and args.nonfinite == "raise")
+        module = engine.backend_module()
+        raising = args is not None and args.nonfinite == "raise"
+        hooks = _BalancerHooks(stop=module.nonfinite_stop(self) if raising else None)
         if isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks.callbacks.insert(0, hooks)
         else:
             # First, so that the balancer's epoch-end state is what a
             # user's BackupAndRestore or ModelCheckpoint saves.
             bound.arguments["callbacks"] = [hooks] + list(callbacks or [])
-        return super().fit(*bound.args[1:], **bound.kwargs)
+        try:
+            return super().fit(*bound.args[1:], **bound.kwargs)
+        except Exception as exc:
+            # Training stopped on a non-finite task (the step's own exception
+            # type per backend, or the callback's): name the tasks, now that
+            # the model holds its state again.
+            if raising and (isinstance(exc, common.NonfiniteStep) or module.is_nonfinite_stop(exc)):
+                raise hooks.nonfinite_error() from None
+            raise
 
     # -- saving ------------------------------------------------------------
 
@@ -555,29 +565,62 @@ _FIT_SIGNATURE = inspect.signature(keras.Model.fit)
 
 
 class _BalancerHooks(keras.callbacks.Callback):
-    """Runs the balancer's epoch hooks inside `fit`, and stops training on a
-    skipped non-finite step when `compile(nonfinite="raise")`."""
+    """Runs the balancer's epoch hooks inside `fit`, and names the tasks when
+    `compile(nonfinite="raise")` stops training on a non-finite step.
 
-    def __init__(self, raise_on_skip=False):
+    How a step stops (`stop`, from the engine's `nonfinite_stop`):
+    - "step": the step raises itself, having changed nothing;
+    - "async": a compiled, asynchronously dispatched step (JAX) skips itself
+      and every later step of the epoch; this callback sees the skip in the
+      batch's logs, possibly some batches later, without making Keras wait
+      for each step;
+    - "batch": several replicas: the check after each batch makes Keras
+      wait for every step.
+    """
+
+    def __init__(self, stop=None):
         super().__init__()
-        self._raise_on_skip = raise_on_skip
+        self._stop = stop
+        # Keras may then run `on_train_batch_end` in a worker thread.
+        self.async_safe = stop != "batch"
         self._epoch = 0
+        self._batch = 0
+        self._epoch_start = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._batch = batch
 
     def on_train_batch_end(self, batch, logs=None):
-        if not self._raise_on_skip or not logs or "skipped_steps" not in logs:
+        if self._stop not in ("async", "batch") or not logs or "skipped_steps" not in logs:
             return
         if float(keras.ops.convert_to_numpy(logs["skipped_steps"])) == 0:
             return
+        if self._stop == "batch":
+            raise self.nonfinite_error()
+        # Possibly a worker thread: no model access here; `fit` names the
+        # tasks once the model holds its state again.
+        raise common.NonfiniteStep()
+
+    def nonfinite_error(self):
+        """The error that stops training, naming the tasks of the skipped step."""
         model = self.model  # on JAX, writes the in-flight state back first
         metrics = model._task_metrics
         flags = keras.ops.convert_to_numpy(metrics.nonfinite)
         names = [name for name, bad in zip(metrics.task_names, flags) if bad]
+        batch = self._batch
+        if self._stop == "async":
+            # Later batches may have begun; the optimizer stopped counting at
+            # the skipped step.
+            batch = self._iterations() - self._epoch_start
         model.stop_training = True
-        raise FloatingPointError(
+        return FloatingPointError(
             f"Non-finite loss or gradient in task(s) {names} at epoch {self._epoch}, "
             f"batch {batch}. The step was skipped: every variable is as it was "
             "before it. compile(nonfinite='skip') skips such steps and goes on."
         )
+
+    def _iterations(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def _balancer(self):
         # `self.model` also writes JAX's in-flight state back first.
@@ -585,6 +628,8 @@ class _BalancerHooks(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        if self._stop == "async":
+            self._epoch_start = self._iterations()
         balancer = self._balancer()
         if balancer is not None:
             balancer.on_epoch_begin(epoch)

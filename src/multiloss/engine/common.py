@@ -20,6 +20,7 @@ from keras import backend, ops
 from multiloss.aggregators.base import combine, gram_matrix
 
 __all__ = [
+    "NonfiniteStep",
     "StepOptions",
     "loss_scale",
     "shared_flags",
@@ -36,6 +37,12 @@ __all__ = [
 ]
 
 NONFINITE_CHOICES = ("raise", "skip", "ignore")
+
+
+class NonfiniteStep(Exception):
+    """Raised by a step that stops itself under `nonfinite="raise"` (after
+    leaving every variable as it was); `fit` turns it into the
+    `FloatingPointError` that names the tasks."""
 
 
 class StepOptions:

@@ -26,11 +26,24 @@ __all__ = [
     "trace_once",
     "task_gradients",
     "task_gram",
+    "nonfinite_stop",
+    "is_nonfinite_stop",
 ]
 
 
 def jit(fn, xla=False):
     return jax.jit(fn)
+
+
+def nonfinite_stop(model):
+    # A compiled, asynchronously dispatched step cannot raise: under
+    # "raise" it skips itself and every later step of the epoch, and `fit`
+    # reads the skipped-step count from the logs as they arrive.
+    return "async"
+
+
+def is_nonfinite_stop(exc):
+    return False
 
 
 def trace_once(fn, num_outputs, params):
@@ -275,7 +288,14 @@ def _finish(model, state, x, y, sample_weight, y_pred, grads, new_nt, losses, we
         def skip(_):
             return list(trainable), list(optimizer_values), list(non_trainable)
 
-        new_trainable, new_optimizer, new_nt = jax.lax.cond(jnp.all(finite), apply, skip, None)
+        go = jnp.all(finite)
+        if model._step_options.nonfinite == "raise":
+            # Training stops at a skipped step, but `fit` learns of it some
+            # batches later: until then every step is skipped too.
+            skipped = model._task_metrics.skipped
+            index = next(i for i, v in enumerate(model.metrics_variables) if v is skipped)
+            go = jnp.logical_and(go, metrics_values[index] == 0)
+        new_trainable, new_optimizer, new_nt = jax.lax.cond(go, apply, skip, None)
     else:
         new_trainable, new_optimizer, new_nt = apply(None)
 

@@ -13,11 +13,30 @@ from keras.utils import unpack_x_y_sample_weight
 
 from multiloss.engine import common
 
-__all__ = ["jit", "train_step", "representation_train_step", "gradient", "task_gram"]
+__all__ = [
+    "jit", "train_step", "representation_train_step", "gradient", "task_gram", "nonfinite_stop",
+    "is_nonfinite_stop",
+]
+
+# The message of the in-graph assertion that stops a non-finite step under
+# `nonfinite="raise"`; `fit` recognises it and names the tasks.
+_STOP_MARKER = "multiloss: non-finite step stopped"
 
 
 def jit(fn, xla=False):
     return tf.function(fn, reduce_retracing=True, jit_compile=xla)
+
+
+def nonfinite_stop(model):
+    """How a step stops on a non-finite task under "raise": by itself with
+    one replica ("step"); with several, every replica must take the same
+    branch, so a skip and a check after each batch ("batch")."""
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    return "step" if strategy.num_replicas_in_sync == 1 else "batch"
+
+
+def is_nonfinite_stop(exc):
+    return isinstance(exc, tf.errors.InvalidArgumentError) and _STOP_MARKER in str(exc)
 
 
 def _replica_context():
@@ -126,6 +145,9 @@ def _apply(model, grads, variables, finite, saved):
         # its top level only.
         model.optimizer.build(variables)
     context = _replica_context()
+    if context is None and model._step_options.nonfinite == "raise":
+        _apply_or_stop(model, grads, variables, finite, saved)
+        return
     if context is not None:
         # Every replica must take the same branch.
         bad = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), "float32"))
@@ -162,6 +184,22 @@ def _apply(model, grads, variables, finite, saved):
             lambda: apply([g for g, _ in pairs]),
             lambda: restore([value for _, value in saved]),
         )
+
+
+def _apply_or_stop(model, grads, variables, finite, saved):
+    """`nonfinite="raise"` without a branch: a non-finite step restores the
+    non-trainable state (a select over those few variables), records which
+    tasks failed, then fails an assertion that the update depends on, so
+    the update never runs and the step raises. A `tf.cond` around the
+    optimizer costs more: every variable and gradient passes through it."""
+    ok = tf.reduce_all(finite)
+    before = [variable.assign(tf.where(ok, variable.value, value)) for variable, value in saved]
+    flags = model._task_metrics.nonfinite
+    before.append(flags.assign(tf.cast(tf.logical_not(finite), flags.dtype)))
+    with tf.control_dependencies(before):
+        check = tf.debugging.Assert(ok, [_STOP_MARKER])
+    with tf.control_dependencies([check]):
+        model.optimizer.apply(grads, variables)
 
 
 def gradient(tape, losses, variables, balancer, shared=None):

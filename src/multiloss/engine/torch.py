@@ -13,12 +13,36 @@ from keras.utils import unpack_x_y_sample_weight
 
 from multiloss.engine import common
 
-__all__ = ["jit", "train_step", "representation_train_step", "backward", "task_gram"]
+__all__ = [
+    "jit", "train_step", "representation_train_step", "backward", "task_gram", "nonfinite_stop",
+    "is_nonfinite_stop",
+]
 
 
 def jit(fn, xla=False):
     # Eager: torch.compile costs seconds per shape and is opt-in in Keras too.
     return fn
+
+
+def nonfinite_stop(model):
+    # Eager: the step knows at once whether it was finite, and raises.
+    return "step"
+
+
+def is_nonfinite_stop(exc):
+    return isinstance(exc, common.NonfiniteStep)
+
+
+def _apply_or_restore(model, grads, variables, finite, saved):
+    """Applies the gradients; for a non-finite task, restores the
+    non-trainable state instead, and under `nonfinite="raise"` says so
+    (after the logs are recorded: they name the task)."""
+    if model._step_options.guards and not bool(torch.all(finite)):
+        for variable, value in saved:
+            variable.assign(value)
+        return model._step_options.nonfinite == "raise"
+    model.optimizer.apply(grads, variables)
+    return False
 
 
 def train_step(model, data):
@@ -60,13 +84,11 @@ def train_step(model, data):
             gram = common.shared_gram(variables, per_task, flags, scale) if options.diagnostics else None
             finite = common.loss_step_finite(losses, grads, check_gradients)
     with torch.no_grad():
-        if options.guards and not bool(torch.all(finite)):
-            for variable, value in saved:
-                variable.assign(value)
-        else:
-            model.optimizer.apply(grads, variables)
+        stop = _apply_or_restore(model, grads, variables, finite, saved)
         model._record_step(x, losses.detach(), weights.detach(), total.detach(), finite, gram,
                            balancer.logs())
+    if stop:
+        raise common.NonfiniteStep()
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
@@ -109,12 +131,10 @@ def representation_train_step(model, data):
     variables = [v for v in model.trainable_variables if id(v) in by_id]
     grads = [by_id[id(v)] for v in variables]
     with torch.no_grad():
-        if options.guards and not bool(torch.all(finite)):
-            for variable, value in saved:
-                variable.assign(value)
-        else:
-            model.optimizer.apply(grads, variables)
+        stop = _apply_or_restore(model, grads, variables, finite, saved)
         model._record_step(x, losses.detach(), weights, total, finite, gram, balancer.logs())
+    if stop:
+        raise common.NonfiniteStep()
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
