@@ -484,7 +484,8 @@ class MultiLossModel(keras.Model):
         return common.gram_flags_for(self.balancer, variables, flags)
 
     def _record_step(self, x, losses, weights, total, finite, gram, extras):
-        """Updates the logs' trackers for one training step."""
+        """Updates the logs' trackers for one training step. `finite` None:
+        the step is known to be finite (an eager step that checked)."""
         options = self._step_options
         batch_size = ops.shape(next(t for t in keras.tree.flatten(x) if t is not None))[0]
         diagnostics = None
@@ -500,7 +501,7 @@ class MultiLossModel(keras.Model):
         )
         total = _keras.unscale_loss_for_distribution(total)
         sample_weight = ops.cast(batch_size, "float32")
-        if options.guards:
+        if options.guards and finite is not None:
             ok = ops.all(finite)
             total = ops.where(ok, total, ops.zeros_like(total))
             sample_weight = ops.where(ok, sample_weight, ops.zeros_like(sample_weight))

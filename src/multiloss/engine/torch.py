@@ -35,14 +35,31 @@ def is_nonfinite_stop(exc):
 
 def _apply_or_restore(model, grads, variables, finite, saved):
     """Applies the gradients; for a non-finite task, restores the
-    non-trainable state instead, and under `nonfinite="raise"` says so
-    (after the logs are recorded: they name the task)."""
+    non-trainable state instead. Returns `(finite, stop)`: the flags to
+    record (None for a finite step: the logs then skip their guard) and
+    whether to raise under `nonfinite="raise"` (after the logs are
+    recorded: they name the task)."""
     if model._step_options.guards and not bool(torch.all(finite)):
         for variable, value in saved:
             variable.assign(value)
-        return model._step_options.nonfinite == "raise"
+        return finite, model._step_options.nonfinite == "raise"
     model.optimizer.apply(grads, variables)
-    return False
+    return None, False
+
+
+def _loss_step_finite(losses, grads, check_gradients):
+    """`common.loss_step_finite` in torch calls: the same flags, without
+    Keras's per-op conversions, which cost more than the sums themselves in
+    an eager step."""
+    losses_ok = torch.isfinite(losses)
+    if not check_gradients:
+        return losses_ok
+    sums = [g.sum(dtype=torch.float32) for g in grads if g is not None]
+    if not sums:
+        return losses_ok
+    grads_ok = torch.isfinite(torch.stack(sums).sum())
+    # A non-finite loss is blamed first (see common._blame_losses_first).
+    return losses_ok & (grads_ok | ~losses_ok.all())
 
 
 def train_step(model, data):
@@ -82,9 +99,9 @@ def train_step(model, data):
         grads = list(torch.autograd.grad(total * scale, values, allow_unused=True))
         with torch.no_grad():
             gram = common.shared_gram(variables, per_task, flags, scale) if options.diagnostics else None
-            finite = common.loss_step_finite(losses, grads, check_gradients)
+            finite = _loss_step_finite(losses.detach(), grads, check_gradients)
     with torch.no_grad():
-        stop = _apply_or_restore(model, grads, variables, finite, saved)
+        finite, stop = _apply_or_restore(model, grads, variables, finite, saved)
         model._record_step(x, losses.detach(), weights.detach(), total.detach(), finite, gram,
                            balancer.logs())
     if stop:
@@ -131,7 +148,7 @@ def representation_train_step(model, data):
     variables = [v for v in model.trainable_variables if id(v) in by_id]
     grads = [by_id[id(v)] for v in variables]
     with torch.no_grad():
-        stop = _apply_or_restore(model, grads, variables, finite, saved)
+        finite, stop = _apply_or_restore(model, grads, variables, finite, saved)
         model._record_step(x, losses.detach(), weights, total, finite, gram, balancer.logs())
     if stop:
         raise common.NonfiniteStep()
