@@ -89,7 +89,7 @@ def train_step(model, data):
         finite = common.loss_step_finite(losses, grads, check_gradients)
     del tape
     extras = balancer.logs()
-    _apply(model, grads, variables, finite if options.guards else None, saved)
+    finite = _apply(model, grads, variables, finite if options.guards else None, saved)
     model._record_step(x, losses, weights, total, finite, gram, extras)
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
@@ -123,7 +123,7 @@ def representation_train_step(model, data):
         model, trunk_variables + head_variables, list(trunk_grads) + head_grads
     )
     extras = balancer.logs()
-    _apply(model, grads, variables, finite if options.guards else None, saved)
+    finite = _apply(model, grads, variables, finite if options.guards else None, saved)
     model._record_step(x, losses, weights, total, finite, gram, extras)
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
@@ -136,18 +136,20 @@ def _in_model_order(model, variables, grads):
 
 def _apply(model, grads, variables, finite, saved):
     """Applies the gradients, or, if a task is not finite, skips the step
-    and restores the non-trainable state the forward pass changed."""
+    and restores the non-trainable state the forward pass changed. Returns
+    the flags for the logs: None when a step that goes on is finite."""
     if finite is None:
         model.optimizer.apply(grads, variables)
-        return
+        return finite
     if not model.optimizer.built:
         # Not inside a cond branch: the first trace may create variables at
         # its top level only.
         model.optimizer.build(variables)
     context = _replica_context()
     if context is None and model._step_options.nonfinite == "raise":
+        # A step that does not stop is finite: its logs need no guard.
         _apply_or_stop(model, grads, variables, finite, saved)
-        return
+        return None
     if context is not None:
         # Every replica must take the same branch.
         bad = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), "float32"))
@@ -184,6 +186,7 @@ def _apply(model, grads, variables, finite, saved):
             lambda: apply([g for g, _ in pairs]),
             lambda: restore([value for _, value in saved]),
         )
+    return finite
 
 
 def _apply_or_stop(model, grads, variables, finite, saved):
