@@ -218,6 +218,16 @@ def test_toy2d_runs_an_aggregator_and_the_problem_reports():
     assert set(summary) >= {"start0/L1", "start4/L2"}
 
 
+def test_toy2d_runs_every_registered_balancer():
+    # Each balancer's own state (DB-MTL's gradient buffer, sized by the
+    # parameters) must exist before the loop is compiled.
+    problem = toy2d.Toy2D("cagrad")
+    problem.starts = problem.starts[:1]
+    for alias in multiloss.balancer.available():
+        run = problem.run(alias, seed=0, steps=4)
+        assert run["status"] == "ok" or "score" in run["status"], (alias, run["status"])
+
+
 # -- scales --------------------------------------------------------------------
 
 

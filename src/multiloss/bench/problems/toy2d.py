@@ -261,6 +261,9 @@ def make_chunk(balancer, chunk, scale=1.0, stride=1):
     from multiloss import engine
 
     kind = _kind(balancer)
+    # State sized by the parameters (DB-MTL's buffer) exists before tracing:
+    # here the one parameter is x, two numbers.
+    balancer.build_state([np.zeros((2,), "float32")])
     variables = list(balancer.variables)
     trainable_ids = {id(v) for v in balancer.trainable_variables}
     trainable_index = [i for i, v in enumerate(variables) if id(v) in trainable_ids]
