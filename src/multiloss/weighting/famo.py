@@ -12,7 +12,7 @@ from multiloss.weighting._common import (
     per_task_tensor,
     positive_part,
 )
-from multiloss.weighting.base import Weighting
+from multiloss.weighting.base import Weighting, linearized_total
 
 __all__ = ["FAMO"]
 
@@ -123,19 +123,20 @@ class FAMO(Weighting):
     # an eager (torch) step.
 
     def _rule(self, losses, fixed, training):
-        d = positive_part(losses, self._floor) + self.epsilon
+        # The weights are the total's exact partial derivatives (C is a
+        # constant): compute on the values, differentiate one weighted sum.
+        d = positive_part(ops.stop_gradient(losses), self._floor) + self.epsilon
         log_d = ops.log(d)
         if training:
-            logits = self._update(ops.stop_gradient(log_d))
+            logits = self._update(log_d)
         else:
             logits = self.logits
         cz = fixed * ops.softmax(logits)
         # C > 0 unless every fixed weight is 0; the tiny term keeps 0/0 out.
-        c = ops.stop_gradient(ops.sum(cz / d)) + _TINY
-        total = ops.sum(cz * log_d) / c
+        c = ops.sum(cz / d) + _TINY
         # A clamped task (d = epsilon: at or below its floor) gets weight 0.
         weights = ops.where(d > self.epsilon, cz / (c * d), 0.0)
-        return total, ops.stop_gradient(weights)
+        return linearized_total(ops.sum(cz * log_d) / c, weights, losses), weights
 
     def _update(self, log_d):
         """One Adam step of the logits from the previous step's losses to

@@ -12,7 +12,7 @@ from multiloss.weighting._common import (
     per_task_tensor,
     positive_part,
 )
-from multiloss.weighting.base import Weighting
+from multiloss.weighting.base import Weighting, linearized_total
 
 __all__ = ["STCH"]
 
@@ -126,6 +126,9 @@ class STCH(Weighting):
     # an eager (torch) step.
 
     def _rule(self, losses, fixed, training):
+        # The weights are the total's exact partial derivatives in either
+        # phase: compute on the values, differentiate one weighted sum.
+        raw, losses = losses, ops.stop_gradient(losses)
         eps = self.epsilon
         shifted = positive_part(losses, self._floor)
         # `.value`: the tensor (or a JAX step's stateless value) without a
@@ -135,7 +138,7 @@ class STCH(Weighting):
         nadir_steps = self.nadir_steps.value
         if training:
             gather = ops.cast(epoch == self.warmup_epochs, "float32")
-            nadir_sum = nadir_sum + gather * ops.stop_gradient(shifted)
+            nadir_sum = nadir_sum + gather * shifted
             nadir_steps = nadir_steps + gather
             self.nadir_sum.assign(nadir_sum)
             self.nadir_steps.assign(nadir_steps)
@@ -152,7 +155,7 @@ class STCH(Weighting):
         nadir = nadir_sum / ops.maximum(nadir_steps, 1.0)
         level = ops.where(stch_phase, ops.maximum(nadir, _MIN_NADIR), 1.0) + eps
         scaled = fixed * ops.log(shifted / level + eps) / self.mu
-        top = ops.stop_gradient(ops.max(scaled))
+        top = ops.max(scaled)
         k = float(losses.shape[0])
         stch_total = (self.mu * k) * (ops.log(ops.sum(ops.exp(scaled - top))) + top)
         stch_weights = k * fixed * ops.softmax(scaled) / (shifted + eps * level)
@@ -160,7 +163,7 @@ class STCH(Weighting):
         total = ops.where(stch_phase, stch_total, warm_total)
         # A clamped task (at or below its floor) gets weight 0.
         weights = ops.where(shifted > 0.0, ops.where(stch_phase, stch_weights, warm_weights), 0.0)
-        return total, ops.stop_gradient(weights)
+        return linearized_total(total, weights, raw), weights
 
     def get_config(self):
         return {
