@@ -196,6 +196,22 @@ def test_raise_names_the_task_and_changes_nothing(balancer):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.skipif(keras.backend.backend() == "torch",
+                    reason="jit_compile on torch is torch.compile, not a compiled step")
+def test_raise_under_xla_stops_and_changes_nothing():
+    # XLA drops assertions: a compiled step must gate its update another way.
+    x, y = _batch(32)
+    y["b"][20] = np.nan  # the second batch
+    model = two_head(ML, seed=3)
+    model.compile(keras.optimizers.Adam(0.01), loss=LOSS, jit_compile=True)
+    model.fit(x[:16], {k: v[:16] for k, v in y.items()}, batch_size=16, epochs=1, verbose=0)
+    before = _variables(model)
+    with pytest.raises(FloatingPointError, match=r"task\(s\) \['b'\] at epoch 0, batch 0"):
+        model.fit(x[16:], {k: v[16:] for k, v in y.items()}, batch_size=16, epochs=1, verbose=0)
+    for a, b in zip(before, _variables(model)):
+        np.testing.assert_array_equal(a, b)
+
+
 def _sqrt_head_model():
     """Head `b` ends in sqrt of a zero output: its loss is finite, its
     gradient (d sqrt / dt at 0) is not, for its head and for the trunk."""

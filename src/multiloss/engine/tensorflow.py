@@ -28,11 +28,14 @@ def jit(fn, xla=False):
 
 
 def nonfinite_stop(model):
-    """How a step stops on a non-finite task under "raise": by itself with
-    one replica ("step"); with several, every replica must take the same
-    branch, so a skip and a check after each batch ("batch")."""
+    """How a step stops on a non-finite task under "raise": by itself, with
+    an assertion, on one replica without XLA ("step"). Otherwise a skip and
+    a check after each batch ("batch"): several replicas must all take the
+    same branch, and XLA drops assertions."""
     strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
-    return "step" if strategy.num_replicas_in_sync == 1 else "batch"
+    if strategy.num_replicas_in_sync == 1 and not model.jit_compile:
+        return "step"
+    return "batch"
 
 
 def is_nonfinite_stop(exc):
@@ -146,7 +149,7 @@ def _apply(model, grads, variables, finite, saved):
         # its top level only.
         model.optimizer.build(variables)
     context = _replica_context()
-    if context is None and model._step_options.nonfinite == "raise":
+    if nonfinite_stop(model) == "step" and model._step_options.nonfinite == "raise":
         # A step that does not stop is finite: its logs need no guard.
         _apply_or_stop(model, grads, variables, finite, saved)
         return None
