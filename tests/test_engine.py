@@ -260,6 +260,31 @@ def test_evaluation_of_an_aggregator_uses_the_fixed_weights():
     assert logs["loss"] == pytest.approx(logs["a_loss"] + 0.5 * logs["b_loss"], rel=1e-5)
 
 
+def test_mixed_precision_representation_weights_match_float32():
+    # The representation's gradients are float16 and carry the loss scale:
+    # their Gram matrix must not overflow (MGDA would fall back to 1/K).
+    x, y = _batch(16)
+    y["b"] = 100.0 * y["b"]  # scales apart: MGDA's weights are far from 1/2
+
+    def last_step_weights(policy):
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(policy)
+        try:
+            model = two_head(ML, seed=3)
+            model.compile(keras.optimizers.SGD(0.0), loss=LOSS, balancer="mgda",
+                          representation="trunk")
+            # One step per epoch; the loss scale halves while float16
+            # overflows (those steps are skipped by the optimizer).
+            history = model.fit(x, y, batch_size=16, epochs=12, verbose=0).history
+        finally:
+            keras.config.set_dtype_policy(previous)
+        return np.array([history["a_weight"][-1], history["b_weight"][-1]])
+
+    reference = last_step_weights("float32")
+    assert abs(reference[0] - 0.5) > 0.2
+    np.testing.assert_allclose(last_step_weights("mixed_float16"), reference, atol=0.02)
+
+
 def test_mixed_precision_trains_with_an_aggregator():
     x, y = _batch(32)
     previous = keras.config.dtype_policy()

@@ -1,6 +1,6 @@
 """`Aggregator`: balancers that combine per-task gradients."""
 
-from keras import ops
+from keras import backend, ops
 
 from multiloss.balancer import Balancer
 
@@ -123,10 +123,14 @@ class SolverAggregator(Aggregator):
 
 
 def gram_matrix(jacobians):
-    """`sum_v J_v J_v^T` over per-variable Jacobians of shape (K, ...)."""
+    """`sum_v J_v J_v^T` over per-variable Jacobians of shape (K, ...), in
+    float32 at least: half-precision gradients (a float16 layer's output,
+    under loss scaling) would overflow a sum of squares."""
     gram = None
     for jacobian in jacobians:
         flat = ops.reshape(jacobian, (jacobian.shape[0], -1))
+        if backend.standardize_dtype(flat.dtype) in ("float16", "bfloat16"):
+            flat = ops.cast(flat, "float32")
         part = ops.matmul(flat, ops.transpose(flat))
         gram = part if gram is None else ops.add(gram, part)
     return gram
