@@ -126,23 +126,23 @@ def diag(gram):
     return ops.diagonal(gram)
 
 
-def max_diag_scale(gram):
-    """(gram / s, s) with s the largest diagonal entry; a Gram matrix with
-    s <= TINY is returned as zeros with s = 1."""
-    s = ops.max(ops.diagonal(gram))
+def _scaled_by(gram, s):
+    """(gram / s, s); zeros with s = 1 when s <= TINY (no gradient)."""
     empty = s <= TINY
     safe = ops.where(empty, 1.0, s)
     scaled = ops.where(empty, ops.zeros_like(gram), gram / safe)
     return scaled, safe
+
+
+def max_diag_scale(gram):
+    """(gram / s, s) with s the largest diagonal entry; a Gram matrix with
+    s <= TINY is returned as zeros with s = 1."""
+    return _scaled_by(gram, ops.max(ops.diagonal(gram)))
 
 
 def trace_scale(gram):
     """(gram / trace, trace), zeros when the trace is <= TINY."""
-    s = ops.sum(ops.diagonal(gram))
-    empty = s <= TINY
-    safe = ops.where(empty, 1.0, s)
-    scaled = ops.where(empty, ops.zeros_like(gram), gram / safe)
-    return scaled, safe
+    return _scaled_by(gram, ops.sum(ops.diagonal(gram)))
 
 
 def norms(gram):
