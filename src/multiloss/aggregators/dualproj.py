@@ -4,15 +4,14 @@
 from keras import ops
 
 from multiloss.aggregators import _common as C
-from multiloss.aggregators.base import SolverAggregator
-from multiloss.aggregators.upgrad import dual_cone_setup
+from multiloss.aggregators.upgrad import DualConeAggregator, dual_cone_setup
 from multiloss.balancer import register
 
 __all__ = ["DualProj"]
 
 
 @register("dualproj")
-class DualProj(SolverAggregator):
+class DualProj(DualConeAggregator):
     """DualProj (Quinton & Rey, "Jacobian Descent for Multi-Objective
     Optimization", 2024; the projection of Lopez-Paz & Ranzato's GEM, 2017,
     Eq. 11): the preference-weighted combination `J^T u` is projected onto
@@ -51,18 +50,6 @@ class DualProj(SolverAggregator):
 
     log_names = ("dualproj_nonconverged",)
 
-    def __init__(self, pref_vector=None, reg_eps=1e-4, max_iter=200, tol=1e-6,
-                 name=None, **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.pref_vector = C.check_pref_vector(pref_vector, "DualProj")
-        self.reg_eps = C.check_number("reg_eps", reg_eps, 0.0, 1.0, owner="DualProj")
-        self.max_iter = C.check_int("max_iter", max_iter, 1, 10000, "DualProj")
-        self.tol = C.check_number("tol", tol, 0.0, 0.1, low_open=True, owner="DualProj")
-
-    def build(self, input_shape):
-        C.check_pref_length(self.pref_vector, input_shape[0], "DualProj")
-        super().build(input_shape)
-
     def solve(self, gram, losses=None):
         """(weights, converged) without touching any state."""
         hessian, u, top = dual_cone_setup(gram, self.pref_vector, self.reg_eps)
@@ -71,12 +58,3 @@ class DualProj(SolverAggregator):
             hessian, ops.zeros((1, k), "float32"), u[None, :], self.max_iter, self.tol
         )
         return v[0] * top, converged
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "pref_vector": None if self.pref_vector is None else list(self.pref_vector),
-            "reg_eps": self.reg_eps,
-            "max_iter": self.max_iter,
-            "tol": self.tol,
-        }

@@ -24,8 +24,36 @@ def dual_cone_setup(gram, pref, reg_eps):
     return hessian, u / top, top
 
 
+class DualConeAggregator(SolverAggregator):
+    """Shared options of the aggregators that project onto the dual cone of
+    the task gradients (UPGrad, DualProj): a preference vector, a ridge on
+    the normalised Gram matrix, and the box QP's budget and tolerance."""
+
+    def __init__(self, pref_vector=None, reg_eps=1e-4, max_iter=200, tol=1e-6,
+                 name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        owner = type(self).__name__
+        self.pref_vector = C.check_pref_vector(pref_vector, owner)
+        self.reg_eps = C.check_number("reg_eps", reg_eps, 0.0, 1.0, owner=owner)
+        self.max_iter = C.check_int("max_iter", max_iter, 1, 10000, owner)
+        self.tol = C.check_number("tol", tol, 0.0, 0.1, low_open=True, owner=owner)
+
+    def build(self, input_shape):
+        C.check_pref_length(self.pref_vector, input_shape[0], type(self).__name__)
+        super().build(input_shape)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "pref_vector": None if self.pref_vector is None else list(self.pref_vector),
+            "reg_eps": self.reg_eps,
+            "max_iter": self.max_iter,
+            "tol": self.tol,
+        }
+
+
 @register("upgrad")
-class UPGrad(SolverAggregator):
+class UPGrad(DualConeAggregator):
     """UPGrad (Quinton & Rey, "Jacobian Descent for Multi-Objective
     Optimization", 2024): each task gradient is projected onto the dual cone
     of all of them, `{x : g_j . x >= 0 for all j}`, and the projections are
@@ -71,18 +99,6 @@ class UPGrad(SolverAggregator):
 
     log_names = ("upgrad_nonconverged",)
 
-    def __init__(self, pref_vector=None, reg_eps=1e-4, max_iter=200, tol=1e-6,
-                 name=None, **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.pref_vector = C.check_pref_vector(pref_vector, "UPGrad")
-        self.reg_eps = C.check_number("reg_eps", reg_eps, 0.0, 1.0, owner="UPGrad")
-        self.max_iter = C.check_int("max_iter", max_iter, 1, 10000, "UPGrad")
-        self.tol = C.check_number("tol", tol, 0.0, 0.1, low_open=True, owner="UPGrad")
-
-    def build(self, input_shape):
-        C.check_pref_length(self.pref_vector, input_shape[0], "UPGrad")
-        super().build(input_shape)
-
     def projections(self, gram):
         """(V, converged): row i of V holds the weights of the projection of
         `u_i g_i` onto the dual cone, `argmin_{v >= u_i e_i} v^T H v` with `H`
@@ -99,12 +115,3 @@ class UPGrad(SolverAggregator):
         """(weights, converged) without touching any state."""
         v, converged = self.projections(gram)
         return ops.sum(v, axis=0), converged
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "pref_vector": None if self.pref_vector is None else list(self.pref_vector),
-            "reg_eps": self.reg_eps,
-            "max_iter": self.max_iter,
-            "tol": self.tol,
-        }
