@@ -6,6 +6,7 @@ in rotating order), so that the machine's load drifts hit all variants
 alike; ratios are taken between medians of the same run.
 """
 
+import gc
 import json
 import os
 import platform
@@ -50,7 +51,9 @@ def time_fit_steps(models, x, y, batch_size=256, rounds=15):
 
     Each round runs one epoch of every model (all of `x`), in rotating
     order; an epoch's wall time divided by its steps is one sample. A first,
-    untimed epoch compiles each model's step.
+    untimed epoch compiles each model's step. As `timeit` does, the garbage
+    collector is off while an epoch is timed (a collection falling in one
+    variant's epoch and not another's was a large part of the noise).
     """
     steps = len(x) // batch_size
     for model in models.values():
@@ -60,9 +63,14 @@ def time_fit_steps(models, x, y, batch_size=256, rounds=15):
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
-            start = time.perf_counter()
-            models[name].fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
-            samples[name].append(1000 * (time.perf_counter() - start) / steps)
+            gc.collect()
+            gc.disable()
+            try:
+                start = time.perf_counter()
+                models[name].fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+                samples[name].append(1000 * (time.perf_counter() - start) / steps)
+            finally:
+                gc.enable()
     return samples
 
 

@@ -93,6 +93,10 @@ class Balancer(keras.layers.Layer):
     """
 
     log_names = ()
+    # Whether a training step may assign the balancer's non-trainable state
+    # (a skipped step must then put it back); False for rules whose state
+    # changes only between steps, which spares the step that work.
+    changes_state_in_step = True
 
     def __init__(self, name=None, **kwargs):
         kwargs.setdefault("dtype", "float32")  # state stays float32 under mixed precision

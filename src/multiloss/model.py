@@ -10,7 +10,7 @@ from multiloss import _keras, engine
 from multiloss import balancer as balancer_module
 from multiloss.aggregators.base import Aggregator
 from multiloss.engine import common
-from multiloss.logs import TaskMetrics
+from multiloss.logs import PACKED_KEY, TaskMetrics, unpack_logs
 from multiloss.tasks import check_compile_arguments, resolve_tasks
 
 __all__ = ["MultiLossModel"]
@@ -480,6 +480,18 @@ class MultiLossModel(keras.Model):
             )
         self._reach_checked = True
 
+    def _step_state(self):
+        """The non-trainable variables a training step may assign (what a
+        skipped step restores): the layers' (e.g. BatchNormalization's
+        moving statistics) and the balancer's, unless it changes its state
+        only between steps."""
+        variables = self.non_trainable_variables
+        balancer = getattr(self, "balancer", None)  # None until the tasks are resolved
+        if balancer is None or balancer.changes_state_in_step:
+            return variables
+        own = {id(v) for v in balancer.non_trainable_variables}
+        return [v for v in variables if id(v) not in own]
+
     def _gram_flags(self, variables, flags):
         return common.gram_flags_for(self.balancer, variables, flags)
 
@@ -506,6 +518,47 @@ class MultiLossModel(keras.Model):
             total = ops.where(ok, total, ops.zeros_like(total))
             sample_weight = ops.where(ok, sample_weight, ops.zeros_like(sample_weight))
         self._loss_tracker.update_state(total, sample_weight=sample_weight)
+
+    # -- logs ----------------------------------------------------------------
+
+    def get_metrics_result(self):
+        # Inside a step that `make_train_function` wrapped, the task logs
+        # travel as one vector (`TaskMetrics.packed`); `unpack_logs` gives
+        # Keras the named entries back. Anywhere else, the named entries.
+        packing = getattr(self, "_log_packing", None)
+        if packing is None or not packing.active or getattr(self, "_task_metrics", None) is None:
+            return super().get_metrics_result()
+        logs = {}
+        for metric in self.metrics:
+            result = metric.packed() if metric is self._task_metrics else metric.result()
+            if metric is self._task_metrics:
+                logs[PACKED_KEY] = result
+            elif isinstance(result, dict):
+                logs.update(result)
+            else:
+                logs[metric.name] = result
+        return logs
+
+    def make_train_function(self, force=False):
+        super().make_train_function(force)
+        self.train_function = self._unpacking_logs(self.train_function)
+        return self.train_function
+
+    def make_test_function(self, force=False):
+        super().make_test_function(force)
+        self.test_function = self._unpacking_logs(self.test_function)
+        return self.test_function
+
+    def _unpacking_logs(self, function):
+        """`function` (a train or test function) with its step returning the
+        task logs packed, and its logs unpacked lazily for Keras."""
+        if function is None or isinstance(function, _UnpackingLogs):
+            return function
+        if not engine.backend_module().can_pack_logs(self):
+            return function
+        if getattr(self, "_log_packing", None) is None:
+            self._log_packing = _LogPacking()
+        return _UnpackingLogs(function, self)
 
     def fit(self, *args, **kwargs):
         bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
@@ -639,6 +692,35 @@ class _BalancerHooks(keras.callbacks.Callback):
         balancer = self._balancer()
         if balancer is not None:
             balancer.on_epoch_end(epoch, logs)
+
+
+class _LogPacking:
+    """Whether the step being run or traced returns its task logs packed."""
+
+    active = False
+
+
+class _UnpackingLogs:
+    """A Keras train or test function whose step returns the task logs as
+    one vector (traced or run while `_LogPacking.active`), returning them to
+    Keras as named entries read from the host once (`logs.unpack_logs`).
+    JAX's functions return `(logs, state)`, the others the logs."""
+
+    def __init__(self, function, model):
+        self._function = function
+        self._model = model
+
+    def __call__(self, *args, **kwargs):
+        packing = self._model._log_packing
+        packing.active = True
+        try:
+            outputs = self._function(*args, **kwargs)
+        finally:
+            packing.active = False
+        names = self._model._task_metrics.packed_names
+        if isinstance(outputs, tuple):
+            return (unpack_logs(outputs[0], names),) + outputs[1:]
+        return unpack_logs(outputs, names)
 
 
 @keras.saving.register_keras_serializable(package="multiloss")

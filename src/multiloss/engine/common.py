@@ -334,11 +334,14 @@ def loss_step_finite(losses, grads, check_gradients=True):
     """Finiteness flags of a loss-level step: a task whose loss is not
     finite; every task when the losses are finite but the gradient of their
     sum is not (the sum cannot tell which)."""
-    finite = ops.isfinite(losses)
+    losses_ok = ops.isfinite(losses)
     total = _gradient_sum(grads) if check_gradients else None
-    if total is not None:
-        finite = _blame_losses_first(losses, ops.logical_and(finite, ops.isfinite(total)))
-    return finite
+    if total is None:
+        return losses_ok
+    # The gradient's verdict counts only while every loss is finite (see
+    # `_blame_losses_first`).
+    grads_ok = ops.logical_or(ops.isfinite(total), ops.logical_not(ops.all(losses_ok)))
+    return ops.logical_and(losses_ok, grads_ok)
 
 
 def _sum32(grad):

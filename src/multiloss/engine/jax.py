@@ -22,7 +22,7 @@ from keras.utils import unpack_x_y_sample_weight
 from multiloss.engine import common
 
 __all__ = [
-    "jit", "train_step", "representation_train_step", "value_and_grad", "balancer_state", "write_state", "BalancedGrads",
+    "can_pack_logs", "jit", "train_step", "representation_train_step", "value_and_grad", "balancer_state", "write_state", "BalancedGrads",
     "trace_once",
     "task_gradients",
     "task_gram",
@@ -33,6 +33,12 @@ __all__ = [
 
 def jit(fn, xla=False):
     return jax.jit(fn)
+
+
+def can_pack_logs(model):
+    """Whether the step may return the task logs as one vector: always (a
+    replicated vector converts as a scalar does)."""
+    return True
 
 
 def nonfinite_stop(model):

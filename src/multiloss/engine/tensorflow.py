@@ -14,7 +14,7 @@ from keras.utils import unpack_x_y_sample_weight
 from multiloss.engine import common
 
 __all__ = [
-    "jit", "train_step", "representation_train_step", "gradient", "task_gram", "nonfinite_stop",
+    "can_pack_logs", "jit", "train_step", "representation_train_step", "gradient", "task_gram", "nonfinite_stop",
     "is_nonfinite_stop",
 ]
 
@@ -25,6 +25,14 @@ _STOP_MARKER = "multiloss: non-finite step stopped"
 
 def jit(fn, xla=False):
     return tf.function(fn, reduce_retracing=True, jit_compile=xla)
+
+
+def can_pack_logs(model):
+    """Whether the step may return the task logs as one vector: with one
+    replica. Several replicas' logs are reduced per tensor, and a
+    multi-worker reduction would fold a vector into a scalar."""
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    return strategy.num_replicas_in_sync == 1
 
 
 def nonfinite_stop(model):
@@ -55,7 +63,7 @@ def _replica_context():
 def train_step(model, data):
     x, y, sample_weight = unpack_x_y_sample_weight(data)
     options = model._step_options
-    saved = [(v, tf.identity(v.value)) for v in model.non_trainable_variables] if options.guards else None
+    saved = [(v, tf.identity(v.value)) for v in model._step_state()] if options.guards else None
     scale = common.loss_scale(model.optimizer)
     # Persistent also in loss mode: the trace checks once that every task
     # reaches a variable (gradients nothing uses are pruned from the graph).
@@ -103,7 +111,7 @@ def representation_train_step(model, data):
     x, y, sample_weight = unpack_x_y_sample_weight(data)
     options = model._step_options
     trunk, heads = model._representation.trunk, model._representation.heads
-    saved = [(v, tf.identity(v.value)) for v in model.non_trainable_variables] if options.guards else None
+    saved = [(v, tf.identity(v.value)) for v in model._step_state()] if options.guards else None
     scale = common.loss_scale(model.optimizer)
     with tf.GradientTape(persistent=True) as tape:
         z = trunk(x, training=True)

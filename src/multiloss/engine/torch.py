@@ -14,7 +14,7 @@ from keras.utils import unpack_x_y_sample_weight
 from multiloss.engine import common
 
 __all__ = [
-    "jit", "train_step", "representation_train_step", "backward", "task_gram", "nonfinite_stop",
+    "can_pack_logs", "jit", "train_step", "representation_train_step", "backward", "task_gram", "nonfinite_stop",
     "is_nonfinite_stop",
 ]
 
@@ -22,6 +22,11 @@ __all__ = [
 def jit(fn, xla=False):
     # Eager: torch.compile costs seconds per shape and is opt-in in Keras too.
     return fn
+
+
+def can_pack_logs(model):
+    """Whether the step may return the task logs as one vector: always."""
+    return True
 
 
 def nonfinite_stop(model):
@@ -66,7 +71,7 @@ def train_step(model, data):
     x, y, sample_weight = unpack_x_y_sample_weight(data)
     options = model._step_options
     saved = (
-        [(v, v.value.detach().clone()) for v in model.non_trainable_variables]
+        [(v, v.value.detach().clone()) for v in model._step_state()]
         if options.guards else None
     )
     scale = common.loss_scale(model.optimizer)
@@ -116,7 +121,7 @@ def representation_train_step(model, data):
     options = model._step_options
     trunk, heads = model._representation.trunk, model._representation.heads
     saved = (
-        [(v, v.value.detach().clone()) for v in model.non_trainable_variables]
+        [(v, v.value.detach().clone()) for v in model._step_state()]
         if options.guards else None
     )
     scale = common.loss_scale(model.optimizer)

@@ -29,5 +29,7 @@ class Static(Weighting):
     ```
     """
 
+    changes_state_in_step = False
+
     def balance(self, losses, training=True):
         return ops.sum(losses), ops.ones_like(losses)
