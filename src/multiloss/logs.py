@@ -33,8 +33,8 @@ class TaskMetrics(keras.metrics.Metric):
         self.diagnostics = diagnostics
         self.guarded = guarded
         k = len(self.task_names)
-        self.loss_sum = self.add_variable(shape=(k,), initializer="zeros", name="loss_sum")
-        self.weight_sum = self.add_variable(shape=(k,), initializer="zeros", name="weight_sum")
+        # The K loss sums then the K weight sums: one update, one division.
+        self.sums = self.add_variable(shape=(2 * k,), initializer="zeros", name="sums")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
         if self.extra_names:
             self.extra = self.add_variable(
@@ -65,20 +65,17 @@ class TaskMetrics(keras.metrics.Metric):
             diagnostics: `(norms, cos_min, ratio)` from `gram_diagnostics`.
         """
         batch_size = ops.cast(batch_size, "float32")
-        losses = ops.cast(losses, "float32")
-        weights = ops.cast(weights, "float32")
+        values = ops.concatenate([ops.cast(losses, "float32"), ops.cast(weights, "float32")])
         if finite is not None:
             ok = ops.all(finite)
             # A skipped step adds nothing: NaN * 0 would still be NaN.
-            losses = ops.where(ok, losses, ops.zeros_like(losses))
-            weights = ops.where(ok, weights, ops.zeros_like(weights))
+            values = ops.where(ok, values, ops.zeros_like(values))
             batch_size = ops.where(ok, batch_size, ops.zeros_like(batch_size))
             if self.guarded:
                 self.skipped.assign_add(ops.where(ok, 0.0, 1.0))
                 bad = ops.cast(ops.logical_not(finite), "float32")
                 self.nonfinite.assign(ops.where(ok, self.nonfinite.value, bad))
-        self.loss_sum.assign_add(ops.multiply(losses, batch_size))
-        self.weight_sum.assign_add(ops.multiply(weights, batch_size))
+        self.sums.assign_add(ops.multiply(values, batch_size))
         self.count.assign_add(batch_size)
         if self.extra_names:
             self.extra.assign(
@@ -111,10 +108,7 @@ class TaskMetrics(keras.metrics.Metric):
         scalars: each output of a step costs the trainer a transfer and a
         conversion at every batch (measured: 15% of a small step at K=8 on
         TensorFlow), and `PackedLogs` reads them all with one."""
-        parts = [
-            ops.divide_no_nan(self.loss_sum, self.count),
-            ops.divide_no_nan(self.weight_sum, self.count),
-        ]
+        parts = [ops.divide_no_nan(self.sums, self.count)]
         if self.extra_names:
             parts.append(self.extra.value)
         if self.diagnostics:

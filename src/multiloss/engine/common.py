@@ -15,6 +15,7 @@ The Gram matrix is `sum_v J_v J_v^T`: all variables are never concatenated.
 """
 
 import numpy as np
+import keras
 from keras import backend, ops
 
 from multiloss.aggregators.base import combine, gram_matrix
@@ -23,6 +24,7 @@ __all__ = [
     "NonfiniteStep",
     "StepOptions",
     "loss_scale",
+    "scaled",
     "shared_flags",
     "aggregate",
     "own_gradient",
@@ -80,10 +82,33 @@ class StepOptions:
 
 
 def loss_scale(optimizer):
-    """The factor the optimizer scales losses by (1 without loss scaling)."""
+    """The factor the optimizer scales losses by: the Python float 1.0 when
+    it does not (no mixed-precision loss scaling, no `loss_scale_factor`),
+    which `scaled` then skips."""
     if optimizer is None:
-        return ops.ones((), "float32")
+        return 1.0
+    if getattr(optimizer, "loss_scale_factor", None) is None and not isinstance(
+        optimizer, keras.optimizers.LossScaleOptimizer
+    ):
+        return 1.0
     return ops.cast(optimizer.scale_loss(ops.ones((), "float32")), "float32")
+
+
+def _is_one(scale):
+    return isinstance(scale, float) and scale == 1.0
+
+
+def scaled(loss, scale):
+    """`loss * scale` (`scale` from `loss_scale`), without an op for 1.0."""
+    return loss if _is_one(scale) else ops.multiply(loss, ops.cast(scale, loss.dtype))
+
+
+def unscaled(value, scale, power=1):
+    """`value / scale**power`, without an op for a scale of 1.0."""
+    if _is_one(scale):
+        return value
+    scale = ops.cast(scale, value.dtype)
+    return ops.divide(value, scale if power == 1 else ops.power(scale, power))
 
 
 def shared_flags(reach, variables, shared=None):
@@ -147,22 +172,19 @@ def aggregate(balancer, jacobians, losses, scale, training=True, gram_jacobians=
         gradient (still carrying `scale`), the (K,) weights in force, and
         the unscaled Gram matrix.
     """
-    scale = ops.cast(scale, "float32")
     if sanitize:
         losses = _finite_or_zero(losses)
     if getattr(balancer, "needs", "gram") == "jacobians":
-        unscaled = [ops.divide(j, ops.cast(scale, j.dtype)) for j in jacobians]
+        plain = [unscaled(j, scale) for j in jacobians]
         # Before sanitizing: its diagonal tells which task is not finite.
-        gram = ops.cast(gram_matrix(unscaled), "float32")
+        gram = ops.cast(gram_matrix(plain), "float32")
         if sanitize:
-            unscaled = [_finite_or_zero(j) for j in unscaled]
-        directions, weights = balancer.aggregate(unscaled, losses, training=training)
-        directions = [ops.multiply(d, ops.cast(scale, d.dtype)) for d in directions]
-        return directions, weights, gram
-    squared = ops.square(scale)
-    gram = ops.divide(ops.cast(gram_matrix(jacobians), "float32"), squared)
+            plain = [_finite_or_zero(j) for j in plain]
+        directions, weights = balancer.aggregate(plain, losses, training=training)
+        return [scaled(d, scale) for d in directions], weights, gram
+    gram = unscaled(ops.cast(gram_matrix(jacobians), "float32"), scale, power=2)
     if gram_jacobians is not None:
-        weighed = ops.divide(ops.cast(gram_matrix(gram_jacobians), "float32"), squared)
+        weighed = unscaled(ops.cast(gram_matrix(gram_jacobians), "float32"), scale, power=2)
     else:
         weighed = gram
     if sanitize:
@@ -257,9 +279,7 @@ def shared_gram(variables, per_task, flags, scale):
     if not jacobians:
         k = len(per_task)
         return ops.zeros((k, k), "float32")
-    return ops.divide(
-        ops.cast(gram_matrix(jacobians), "float32"), ops.square(ops.cast(scale, "float32"))
-    )
+    return unscaled(ops.cast(gram_matrix(jacobians), "float32"), scale, power=2)
 
 
 def gradient_step(balancer, variables, per_task, losses, scale, flags, *,

@@ -109,7 +109,7 @@ def task_gradients(replay, params, reach, scale=1.0):
     leaves = jax.tree_util.tree_leaves(params)
 
     def task_loss(t):
-        return lambda p: replay(p)[0][t] * scale
+        return lambda p: common.scaled(replay(p)[0][t], scale)
 
     per_task = []
     for t, reached in enumerate(reach):
@@ -184,7 +184,7 @@ def train_step(model, state, data):
                 total, weights = balancer.combine(losses, training=True)
                 extras = balancer.logs()
             new_nt = [scope.get_current_value(v) for v in nt_variables]
-            return total * ops.cast(scale, total.dtype), (losses, weights, total, y_pred, new_nt, extras)
+            return common.scaled(total, scale), (losses, weights, total, y_pred, new_nt, extras)
 
         grads, (losses, weights, total, y_pred, new_nt, extras) = jax.grad(
             total_fn, has_aux=True

@@ -76,8 +76,8 @@ def train_step(model, data):
         variables = list(model.trainable_variables)
         if options.mode == "loss":
             total, weights = balancer.combine(losses, training=True)
-            scaled_total = ops.multiply(total, ops.cast(scale, total.dtype))
-        scaled_tasks = [ops.multiply(task, ops.cast(scale, task.dtype)) for task in task_losses]
+            scaled_total = common.scaled(total, scale)
+        scaled_tasks = [common.scaled(task, scale) for task in task_losses]
     if options.needs_task_gradients or not model._reach_checked:
         per_task = [tape.gradient(task, variables) for task in scaled_tasks]
         flags = model._shared_flags([[g is not None for g in grads] for grads in per_task], variables)
@@ -118,7 +118,7 @@ def representation_train_step(model, data):
         y_pred = heads(z, training=True)
         task_losses = model.compute_task_losses(y, y_pred, sample_weight, stack=False)
         losses = ops.stack(task_losses)
-        scaled_tasks = [ops.multiply(task, ops.cast(scale, task.dtype)) for task in task_losses]
+        scaled_tasks = [common.scaled(task, scale) for task in task_losses]
     balancer = model.balancer
     head_variables = list(heads.trainable_variables)
     trunk_variables = list(trunk.trainable_variables)

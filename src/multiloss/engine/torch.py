@@ -86,7 +86,8 @@ def train_step(model, data):
     if options.needs_task_gradients or not model._reach_checked:
         # In loss mode only at the first step: every task must reach a variable.
         per_task = [
-            list(torch.autograd.grad(task * scale, values, retain_graph=True, allow_unused=True))
+            list(torch.autograd.grad(common.scaled(task, scale), values, retain_graph=True,
+                                    allow_unused=True))
             if task.requires_grad else [None] * len(values)
             for task in task_losses
         ]
@@ -101,10 +102,12 @@ def train_step(model, data):
             )
     else:
         total, weights = balancer.combine(losses, training=True)
-        grads = list(torch.autograd.grad(total * scale, values, allow_unused=True))
+        grads = list(torch.autograd.grad(common.scaled(total, scale), values, allow_unused=True))
         with torch.no_grad():
             gram = common.shared_gram(variables, per_task, flags, scale) if options.diagnostics else None
-            finite = _loss_step_finite(losses.detach(), grads, check_gradients)
+            finite = (
+                _loss_step_finite(losses.detach(), grads, check_gradients) if options.guards else None
+            )
     with torch.no_grad():
         finite, stop = _apply_or_restore(model, grads, variables, finite, saved)
         model._record_step(x, losses.detach(), weights.detach(), total.detach(), finite, gram,
@@ -135,7 +138,8 @@ def representation_train_step(model, data):
     trunk_variables = list(trunk.trainable_variables)
     targets = [z] + [v.value for v in head_variables]
     per_task = [
-        list(torch.autograd.grad(task * scale, targets, retain_graph=True, allow_unused=True))
+        list(torch.autograd.grad(common.scaled(task, scale), targets, retain_graph=True,
+                                allow_unused=True))
         if task.requires_grad else [None] * len(targets)
         for task in task_losses
     ]
