@@ -182,3 +182,40 @@ def test_tensorboard_receives_task_logs(tmp_path):
         tags = set(acc.Tags().get("tensors", [])) | set(acc.Tags().get("scalars", []))
         for tag in ("epoch_loss", "epoch_a_loss", "epoch_b_loss", "epoch_a_weight", "epoch_b_weight"):
             assert tag in tags, (run, tag, tags)
+
+
+class _BatchLogs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches.append(dict(logs))
+
+
+def test_batch_logs_hold_each_task_as_numbers():
+    # The step returns the task entries packed in one vector; callbacks, the
+    # progress bar and `train_on_batch` must still see each entry by name.
+    x, y = regression_data()
+    model = two_head(ML)
+    model.compile("sgd", loss={"a": "mse", "b": "mae"}, loss_weights={"b": 0.25})
+    recorder = _BatchLogs()
+    history = model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[recorder]).history
+    expected = {"loss", "a_loss", "b_loss", "a_weight", "b_weight", "skipped_steps"}
+    assert len(recorder.batches) == 4
+    for logs in recorder.batches:
+        assert set(logs) == expected
+        assert all(isinstance(value, float) for value in logs.values())
+    # The last batch's running means are the epoch's.
+    for key in expected:
+        assert recorder.batches[-1][key] == pytest.approx(history[key][0], rel=1e-6)
+    assert recorder.batches[0]["b_weight"] == pytest.approx(0.25)
+
+    pred = model.predict(x, verbose=0)  # the weights train_on_batch computes its losses with
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert set(logs) == expected
+    assert float(logs["a_loss"]) == pytest.approx(np.mean((pred["a"] - y["a"]) ** 2), rel=1e-5)
+    assert float(logs["b_loss"]) == pytest.approx(np.mean(np.abs(pred["b"] - y["b"])), rel=1e-5)
+    assert float(logs["loss"]) == pytest.approx(
+        float(logs["a_loss"]) + 0.25 * float(logs["b_loss"]), rel=1e-5
+    )

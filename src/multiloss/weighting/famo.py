@@ -98,13 +98,19 @@ class FAMO(Weighting):
         super().build(input_shape)
         k = input_shape[0]
         self._floor = per_task_tensor("FAMO", "min_losses", self.min_losses, k)
-        # One Variable for the per-task state (rows: logits, Adam's first and
-        # second moments, the previous step's log losses): one read and one
-        # write per step, which is what costs in an eager step.
-        self.state = add_state(self, "state", 0.0, (4, k))
-        self._betas = np.array([[_BETA_1], [_BETA_2]], "float32")
-        self._rates = 1.0 - self._betas
-        self.steps = add_state(self, "steps", 0, (), dtype="int32")
+        # One Variable, read and written once per step (what costs in an
+        # eager step). Rows: the logits, Adam's two moments, the previous
+        # step's log D, then, the same in every column, Adam's two
+        # bias-correction powers beta^t, whether a previous step exists (0 or
+        # 1) and the count of training steps.
+        initial = np.zeros((8, k), "float32")
+        initial[4:6] = np.array([[_BETA_1], [_BETA_2]], "float32")
+        self.state = add_state(self, "state", initial)
+
+    @property
+    def steps(self):
+        """The number of training steps taken (a float32 scalar tensor)."""
+        return ops.convert_to_tensor(self.state)[7, 0]
 
     @property
     def logits(self):
@@ -140,23 +146,28 @@ class FAMO(Weighting):
 
     def _update(self, log_d):
         """One Adam step of the logits from the previous step's losses to
-        these; a no-op at the first step. Returns the logits to use now."""
+        these; a no-op at the first step. Returns the logits to use now.
+
+        Python operators with Python floats, row by row: in an eager (torch)
+        step each Keras op costs more than its arithmetic on K numbers,
+        hence also the bias-correction powers kept in the state rather than
+        `beta ** t` recomputed."""
         state = self.state.value
-        logits, moments, previous = state[0], state[1:3], state[3]
-        steps = self.steps.value
-        delta = previous - log_d
+        logits, m, v, previous, power_1, power_2, started, steps = (state[i] for i in range(8))
+        # Zero at the first step, whose update (all-zero moments) then
+        # changes nothing; t = 1 at the first two steps.
+        delta = (previous - log_d) * started
         z = ops.softmax(logits)
         grad = z * (delta - ops.sum(z * delta)) + self.gamma * logits
-        # At the first step there is no previous loss: a zero gradient (with
-        # m = v = 0, Adam then moves nothing and its moments stay 0).
-        grad = ops.where(steps > 0, grad, 0.0)
-        # Both moments at once: rows m and v, rates 1 - beta_1 and 1 - beta_2.
-        moments = moments + ops.multiply(self._rates, ops.stack([grad, grad * grad]) - moments)
-        t = ops.cast(ops.maximum(steps, 1), "float32")
-        corrected = moments / (1.0 - ops.power(self._betas, t))  # m / (1 - beta_1^t), v / ...
-        logits = logits - self.w_lr * corrected[0] / (ops.sqrt(corrected[1]) + _ADAM_EPSILON)
-        self.state.assign(ops.concatenate([logits[None], moments, log_d[None]]))
-        self.steps.assign(steps + 1)
+        m = m + (1.0 - _BETA_1) * (grad - m)
+        v = v + (1.0 - _BETA_2) * (grad * grad - v)
+        step = (m / (1.0 - power_1)) / ((v / (1.0 - power_2)) ** 0.5 + _ADAM_EPSILON)
+        logits = logits - self.w_lr * step
+        # beta^t advances from the second step on.
+        power_1 = power_1 - started * (1.0 - _BETA_1) * power_1
+        power_2 = power_2 - started * (1.0 - _BETA_2) * power_2
+        rows = (logits, m, v, log_d, power_1, power_2, started * 0.0 + 1.0, steps + 1.0)
+        self.state.assign(ops.concatenate([row[None] for row in rows]))
         return logits
 
     def get_config(self):

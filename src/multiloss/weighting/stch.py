@@ -1,5 +1,6 @@
 """`STCH`: smooth Tchebycheff scalarisation (Lin et al. 2024)."""
 
+import numpy as np
 from keras import ops
 
 from multiloss.balancer import register
@@ -109,10 +110,23 @@ class STCH(Weighting):
         self.epochs_done = add_state(self, "epochs_done", 0, (), dtype="int32")
         self.nadir_sum = add_state(self, "nadir_sum", 0.0, (k,))
         self.nadir_steps = add_state(self, "nadir_steps", 0.0, ())
+        # What the epoch count and the nadir imply for the steps of the
+        # current epoch, set between epochs (fewer ops in every step):
+        # `phase` = [gathering the nadir (0/1), STCH phase (0/1)]; `level` =
+        # the nadir plus eps (1 + eps, harmless, before it exists).
+        self.phase = add_state(self, "phase", [float(self.warmup_epochs == 0), 0.0])
+        self.level = add_state(self, "level", 1.0 + self.epsilon, (k,))
 
     def on_epoch_end(self, epoch, logs=None):
         self._sync_state()
-        self.epochs_done.assign(int(ops.convert_to_numpy(self.epochs_done)) + 1)
+        epochs_done = int(ops.convert_to_numpy(self.epochs_done)) + 1
+        self.epochs_done.assign(epochs_done)
+        steps = float(ops.convert_to_numpy(self.nadir_steps))
+        stch = epochs_done > self.warmup_epochs and steps > 0
+        self.phase.assign([float(epochs_done == self.warmup_epochs), float(stch)])
+        if stch:
+            nadir = ops.convert_to_numpy(self.nadir_sum).astype("float64") / steps
+            self.level.assign((np.maximum(nadir, _MIN_NADIR) + self.epsilon).astype("float32"))
 
     def combine(self, losses, training=True):
         return self._rule(losses, self.task_weights.value, training)
@@ -133,31 +147,24 @@ class STCH(Weighting):
         shifted = positive_part(losses, self._floor)
         # `.value`: the tensor (or a JAX step's stateless value) without a
         # conversion call.
-        epoch = self.epochs_done.value
-        nadir_sum = self.nadir_sum.value
-        nadir_steps = self.nadir_steps.value
+        phase = self.phase.value
         if training:
-            gather = ops.cast(epoch == self.warmup_epochs, "float32")
-            nadir_sum = nadir_sum + gather * shifted
-            nadir_steps = nadir_steps + gather
-            self.nadir_sum.assign(nadir_sum)
-            self.nadir_steps.assign(nadir_steps)
-        stch_phase = ops.logical_and(epoch > self.warmup_epochs, nadir_steps > 0.0)
+            gather = phase[0]
+            self.nadir_sum.assign(self.nadir_sum.value + gather * shifted)
+            self.nadir_steps.assign(self.nadir_steps.value + gather)
+        stch_phase = phase[1] > 0.5
 
         # Both phases are computed and one is selected: a cheap few ops, where
         # ops.cond would recompile its branches at every eager JAX call.
         warm_total = ops.sum(fixed * ops.log(shifted + eps))
         warm_weights = fixed / (shifted + eps)
 
-        # Before the nadir exists, a harmless 1 keeps the unused phase finite;
-        # a task that sat at its floor through the whole nadir epoch gets the
-        # smallest nadir that keeps its gradient finite in float32.
-        nadir = nadir_sum / ops.maximum(nadir_steps, 1.0)
-        level = ops.where(stch_phase, ops.maximum(nadir, _MIN_NADIR), 1.0) + eps
+        # A task that sat at its floor through the whole nadir epoch has the
+        # smallest level that keeps its gradient finite in float32.
+        level = self.level.value
         scaled = fixed * ops.log(shifted / level + eps) / self.mu
-        top = ops.max(scaled)
         k = float(losses.shape[0])
-        stch_total = (self.mu * k) * (ops.log(ops.sum(ops.exp(scaled - top))) + top)
+        stch_total = (self.mu * k) * ops.logsumexp(scaled)
         stch_weights = k * fixed * ops.softmax(scaled) / (shifted + eps * level)
 
         total = ops.where(stch_phase, stch_total, warm_total)
