@@ -59,8 +59,10 @@ class STCH(Weighting):
     The balancer counts the training epochs itself, in `on_epoch_end`,
     which `fit` calls (so a second `fit` continues where the first ended);
     in a custom loop call `balancer.on_epoch_end(epoch)` after each epoch
-    (without it, the warm-up never ends). The epoch count, the nadir sum and
-    its step count are Variables: saved, and resumed by `BackupAndRestore`.
+    (without it, the warm-up never ends); the phase and the nadir level the
+    steps use are set there too. The epoch count, the nadir sum, its step
+    count, the phase and the level are Variables: saved, and resumed by
+    `BackupAndRestore`.
     `evaluate` uses the current phase and changes nothing.
 
     Bad input: a loss at or below its floor `min_losses_k` (0 by default) is
