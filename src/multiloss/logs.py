@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["TaskMetrics", "PACKED_KEY", "unpack_logs"]
+__all__ = ["TaskMetrics", "PACKED_KEY", "lazy_log_entries", "unpack_logs"]
 
 
 class TaskMetrics(keras.metrics.Metric):
@@ -178,12 +178,19 @@ class LogEntry:
         return repr(float(self))
 
 
-def unpack_logs(logs, names):
-    """`logs` with its `PACKED_KEY` entry replaced by one `LogEntry` per
-    name (the step's logs as Keras would have them, read lazily)."""
+def lazy_log_entries(packed, count):
+    """The `count` entries of a packed logs vector as `LogEntry`s, which
+    copy it to the host when the first is read."""
+    holder = PackedLogs(packed)
+    return [LogEntry(holder, i) for i in range(count)]
+
+
+def unpack_logs(logs, names, entries=lazy_log_entries):
+    """`logs` with its `PACKED_KEY` entry replaced by one entry per name:
+    the step's logs as Keras would have them. `entries(packed, count)`
+    splits the vector (an engine picks what its Keras reads fastest)."""
     if not isinstance(logs, dict) or PACKED_KEY not in logs:
         return logs
     logs = dict(logs)
-    packed = PackedLogs(logs.pop(PACKED_KEY))
-    logs.update((name, LogEntry(packed, i)) for i, name in enumerate(names))
+    logs.update(zip(names, entries(logs.pop(PACKED_KEY), len(names))))
     return logs

@@ -709,6 +709,8 @@ class _UnpackingLogs:
     def __init__(self, function, model):
         self._function = function
         self._model = model
+        self._entries = engine.backend_module().log_entries
+        self._names = (None, ())  # (the TaskMetrics, its packed_names)
 
     def __call__(self, *args, **kwargs):
         packing = self._model._log_packing
@@ -717,10 +719,13 @@ class _UnpackingLogs:
             outputs = self._function(*args, **kwargs)
         finally:
             packing.active = False
-        names = self._model._task_metrics.packed_names
+        metrics = self._model._task_metrics
+        if self._names[0] is not metrics:  # a compile attaches new ones
+            self._names = (metrics, metrics.packed_names)
+        names = self._names[1]
         if isinstance(outputs, tuple):
-            return (unpack_logs(outputs[0], names),) + outputs[1:]
-        return unpack_logs(outputs, names)
+            return (unpack_logs(outputs[0], names, self._entries),) + outputs[1:]
+        return unpack_logs(outputs, names, self._entries)
 
 
 @keras.saving.register_keras_serializable(package="multiloss")

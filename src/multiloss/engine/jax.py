@@ -20,9 +20,10 @@ from keras import ops
 from keras.utils import unpack_x_y_sample_weight
 
 from multiloss.engine import common
+from multiloss.logs import lazy_log_entries
 
 __all__ = [
-    "can_pack_logs", "jit", "train_step", "representation_train_step", "value_and_grad", "balancer_state", "write_state", "BalancedGrads",
+    "can_pack_logs", "log_entries", "jit", "train_step", "representation_train_step", "value_and_grad", "balancer_state", "write_state", "BalancedGrads",
     "trace_once",
     "task_gradients",
     "task_gram",
@@ -33,6 +34,12 @@ __all__ = [
 
 def jit(fn, xla=False):
     return jax.jit(fn)
+
+
+def log_entries(packed, count):
+    """The entries of a packed logs vector, read to the host lazily: the
+    step may still be running (JAX dispatches asynchronously)."""
+    return lazy_log_entries(packed, count)
 
 
 def can_pack_logs(model):

@@ -12,9 +12,10 @@ from keras import ops
 from keras.utils import unpack_x_y_sample_weight
 
 from multiloss.engine import common
+from multiloss.logs import lazy_log_entries
 
 __all__ = [
-    "can_pack_logs", "jit", "train_step", "representation_train_step", "backward", "task_gram", "nonfinite_stop",
+    "can_pack_logs", "log_entries", "jit", "train_step", "representation_train_step", "backward", "task_gram", "nonfinite_stop",
     "is_nonfinite_stop",
 ]
 
@@ -22,6 +23,12 @@ __all__ = [
 def jit(fn, xla=False):
     # Eager: torch.compile costs seconds per shape and is opt-in in Keras too.
     return fn
+
+
+def log_entries(packed, count):
+    """The entries of a packed logs vector, read to the host at once on
+    first use."""
+    return lazy_log_entries(packed, count)
 
 
 def can_pack_logs(model):
