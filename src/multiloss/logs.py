@@ -107,7 +107,7 @@ class TaskMetrics(keras.metrics.Metric):
         order. A compiled step returns this one tensor rather than 2K+1
         scalars: each output of a step costs the trainer a transfer and a
         conversion at every batch (measured: 15% of a small step at K=8 on
-        TensorFlow), and `PackedLogs` reads them all with one."""
+        TensorFlow); `unpack_logs` gives Keras the named entries back."""
         parts = [ops.divide_no_nan(self.sums, self.count)]
         if self.extra_names:
             parts.append(self.extra.value)
@@ -186,11 +186,9 @@ def lazy_log_entries(packed, count):
 
 
 def unpack_logs(logs, names, entries=lazy_log_entries):
-    """`logs` with its `PACKED_KEY` entry replaced by one entry per name:
+    """`logs` (holding `PACKED_KEY`) with that entry replaced by one per name:
     the step's logs as Keras would have them. `entries(packed, count)`
     splits the vector (an engine picks what its Keras reads fastest)."""
-    if not isinstance(logs, dict) or PACKED_KEY not in logs:
-        return logs
     logs = dict(logs)
     logs.update(zip(names, entries(logs.pop(PACKED_KEY), len(names))))
     return logs

@@ -523,17 +523,18 @@ class MultiLossModel(keras.Model):
 
     def get_metrics_result(self):
         # Inside a step that `make_train_function` wrapped, the task logs
-        # travel as one vector (`TaskMetrics.packed`); `unpack_logs` gives
-        # Keras the named entries back. Anywhere else, the named entries.
+        # travel as one vector (`TaskMetrics.packed`), which the wrapper
+        # turns back into named entries. Anywhere else, the named entries.
         packing = getattr(self, "_log_packing", None)
         if packing is None or not packing.active or getattr(self, "_task_metrics", None) is None:
             return super().get_metrics_result()
         logs = {}
         for metric in self.metrics:
-            result = metric.packed() if metric is self._task_metrics else metric.result()
             if metric is self._task_metrics:
-                logs[PACKED_KEY] = result
-            elif isinstance(result, dict):
+                logs[PACKED_KEY] = metric.packed()
+                continue
+            result = metric.result()
+            if isinstance(result, dict):
                 logs.update(result)
             else:
                 logs[metric.name] = result
@@ -551,14 +552,15 @@ class MultiLossModel(keras.Model):
 
     def _unpacking_logs(self, function):
         """`function` (a train or test function) with its step returning the
-        task logs packed, and its logs unpacked lazily for Keras."""
+        task logs packed, and its logs unpacked for Keras."""
         if function is None or isinstance(function, _UnpackingLogs):
             return function
-        if not engine.backend_module().can_pack_logs(self):
+        entries = engine.backend_module().log_entries_for(self)
+        if entries is None:
             return function
         if getattr(self, "_log_packing", None) is None:
             self._log_packing = _LogPacking()
-        return _UnpackingLogs(function, self)
+        return _UnpackingLogs(function, self, entries)
 
     def fit(self, *args, **kwargs):
         bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
@@ -703,13 +705,13 @@ class _LogPacking:
 class _UnpackingLogs:
     """A Keras train or test function whose step returns the task logs as
     one vector (traced or run while `_LogPacking.active`), returning them to
-    Keras as named entries read from the host once (`logs.unpack_logs`).
-    JAX's functions return `(logs, state)`, the others the logs."""
+    Keras as named entries (`logs.unpack_logs`, split by `entries`). JAX's
+    functions return `(logs, state)`, the others the logs."""
 
-    def __init__(self, function, model):
+    def __init__(self, function, model, entries):
         self._function = function
         self._model = model
-        self._entries = engine.backend_module().log_entries
+        self._entries = entries
         self._names = (None, ())  # (the TaskMetrics, its packed_names)
 
     def __call__(self, *args, **kwargs):
@@ -719,13 +721,14 @@ class _UnpackingLogs:
             outputs = self._function(*args, **kwargs)
         finally:
             packing.active = False
+        logs = outputs[0] if isinstance(outputs, tuple) else outputs
+        if not isinstance(logs, dict) or PACKED_KEY not in logs:
+            return outputs  # a step that does not report the task logs
         metrics = self._model._task_metrics
         if self._names[0] is not metrics:  # a compile attaches new ones
             self._names = (metrics, metrics.packed_names)
-        names = self._names[1]
-        if isinstance(outputs, tuple):
-            return (unpack_logs(outputs[0], names, self._entries),) + outputs[1:]
-        return unpack_logs(outputs, names, self._entries)
+        logs = unpack_logs(logs, self._names[1], self._entries)
+        return (logs,) + outputs[1:] if isinstance(outputs, tuple) else logs
 
 
 @keras.saving.register_keras_serializable(package="multiloss")

@@ -23,7 +23,7 @@ from multiloss.engine import common
 from multiloss.logs import lazy_log_entries
 
 __all__ = [
-    "can_pack_logs", "log_entries", "jit", "train_step", "representation_train_step", "value_and_grad", "balancer_state", "write_state", "BalancedGrads",
+    "log_entries_for", "jit", "train_step", "representation_train_step", "value_and_grad", "balancer_state", "write_state", "BalancedGrads",
     "trace_once",
     "task_gradients",
     "task_gram",
@@ -36,16 +36,11 @@ def jit(fn, xla=False):
     return jax.jit(fn)
 
 
-def log_entries(packed, count):
-    """The entries of a packed logs vector, read to the host lazily: the
-    step may still be running (JAX dispatches asynchronously)."""
-    return lazy_log_entries(packed, count)
-
-
-def can_pack_logs(model):
-    """Whether the step may return the task logs as one vector: always (a
-    replicated vector converts as a scalar does)."""
-    return True
+def log_entries_for(model):
+    """How the step's packed task logs become Keras's entries: read to the
+    host when first used, in Keras's callback thread (the step may still
+    be running: JAX dispatches asynchronously)."""
+    return lazy_log_entries
 
 
 def nonfinite_stop(model):

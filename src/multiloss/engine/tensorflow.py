@@ -14,7 +14,7 @@ from keras.utils import unpack_x_y_sample_weight
 from multiloss.engine import common
 
 __all__ = [
-    "can_pack_logs", "log_entries", "jit", "train_step", "representation_train_step", "gradient", "task_gram", "nonfinite_stop",
+    "log_entries_for", "jit", "train_step", "representation_train_step", "gradient", "task_gram", "nonfinite_stop",
     "is_nonfinite_stop",
 ]
 
@@ -27,20 +27,16 @@ def jit(fn, xla=False):
     return tf.function(fn, reduce_retracing=True, jit_compile=xla)
 
 
-def log_entries(packed, count):
-    """The entries of a packed logs vector, as eager tensors: Keras's
-    `pythonify_logs` reads a TensorFlow tensor in a fraction of what its
-    `tf.is_tensor` check costs for any other object (measured: 40 vs 100
-    us for 17 entries)."""
-    return tf.unstack(packed, num=count)
-
-
-def can_pack_logs(model):
-    """Whether the step may return the task logs as one vector: with one
-    replica. Several replicas' logs are reduced per tensor, and a
-    multi-worker reduction would fold a vector into a scalar."""
+def log_entries_for(model):
+    """How the step's packed task logs become Keras's entries: eager
+    tensors (Keras's `pythonify_logs` reads a TensorFlow tensor in a
+    fraction of what its `tf.is_tensor` check costs for any other object:
+    40 vs 100 us for 17 entries). None with several replicas: their logs
+    are reduced per tensor, and a multi-worker reduction folds a vector."""
     strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
-    return strategy.num_replicas_in_sync == 1
+    if strategy.num_replicas_in_sync != 1:
+        return None
+    return lambda packed, count: tf.unstack(packed, num=count)
 
 
 def nonfinite_stop(model):

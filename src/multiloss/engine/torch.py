@@ -15,7 +15,7 @@ from multiloss.engine import common
 from multiloss.logs import lazy_log_entries
 
 __all__ = [
-    "can_pack_logs", "log_entries", "jit", "train_step", "representation_train_step", "backward", "task_gram", "nonfinite_stop",
+    "log_entries_for", "jit", "train_step", "representation_train_step", "backward", "task_gram", "nonfinite_stop",
     "is_nonfinite_stop",
 ]
 
@@ -25,15 +25,10 @@ def jit(fn, xla=False):
     return fn
 
 
-def log_entries(packed, count):
-    """The entries of a packed logs vector, read to the host at once on
-    first use."""
-    return lazy_log_entries(packed, count)
-
-
-def can_pack_logs(model):
-    """Whether the step may return the task logs as one vector: always."""
-    return True
+def log_entries_for(model):
+    """How the step's packed task logs become Keras's entries: read to the
+    host once, when first used."""
+    return lazy_log_entries
 
 
 def nonfinite_stop(model):
