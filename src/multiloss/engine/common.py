@@ -339,15 +339,15 @@ def gradient_step(balancer, variables, per_task, losses, scale, flags, *,
         finite = task_finite_mask(losses, own, gram if shared else None)
     else:
         finite = ops.isfinite(losses)
-    return grads, weights, total, gram, _blame_losses_first(losses, finite)
+    return grads, weights, total, gram, _blame_losses_first(ops.isfinite(losses), finite)
 
 
-def _blame_losses_first(losses, finite):
+def _blame_losses_first(losses_ok, finite):
     """A non-finite loss can spoil the other tasks' gradients too (0 * inf
     in a batched backward pass): when a loss is not finite, name the tasks
-    whose loss is not finite; otherwise those whose gradient is not."""
-    losses_ok = ops.isfinite(losses)
-    return ops.where(ops.all(losses_ok), finite, losses_ok)
+    whose loss is not finite; otherwise those that `finite` (K flags, or
+    one for all) says are not."""
+    return ops.logical_and(losses_ok, ops.logical_or(finite, ops.logical_not(ops.all(losses_ok))))
 
 
 def loss_step_finite(losses, grads, check_gradients=True):
@@ -358,10 +358,7 @@ def loss_step_finite(losses, grads, check_gradients=True):
     total = _gradient_sum(grads) if check_gradients else None
     if total is None:
         return losses_ok
-    # The gradient's verdict counts only while every loss is finite (see
-    # `_blame_losses_first`).
-    grads_ok = ops.logical_or(ops.isfinite(total), ops.logical_not(ops.all(losses_ok)))
-    return ops.logical_and(losses_ok, grads_ok)
+    return _blame_losses_first(losses_ok, ops.isfinite(total))
 
 
 def _sum32(grad):
@@ -431,4 +428,4 @@ def representation_step(balancer, task_names, head_variables, per_task_heads, z_
         finite = task_finite_mask(losses, per_task_heads, gram)
     else:
         finite = ops.isfinite(losses)
-    return head_grads, directions[0], weights, total, gram, _blame_losses_first(losses, finite)
+    return head_grads, directions[0], weights, total, gram, _blame_losses_first(ops.isfinite(losses), finite)

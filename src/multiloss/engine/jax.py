@@ -193,7 +193,7 @@ def train_step(model, state, data):
         )(trainable)
         if options.diagnostics:
             gram = common.shared_gram(variables, per_task, flags, scale)
-        finite = common.loss_step_finite(losses, grads, check_gradients)
+        finite = common.loss_step_finite(losses, grads, check_gradients) if options.guards else None
 
     return _finish(model, state, x, y, sample_weight, y_pred, grads, new_nt, losses, weights,
                    total, finite, gram, extras)

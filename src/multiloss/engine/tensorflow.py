@@ -101,7 +101,7 @@ def train_step(model, data):
     else:
         grads = tape.gradient(scaled_total, variables)
         gram = common.shared_gram(variables, per_task, flags, scale) if options.diagnostics else None
-        finite = common.loss_step_finite(losses, grads, check_gradients)
+        finite = common.loss_step_finite(losses, grads, check_gradients) if options.guards else None
     del tape
     extras = balancer.logs()
     finite = _apply(model, grads, variables, finite if options.guards else None, saved)
