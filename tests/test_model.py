@@ -219,3 +219,37 @@ def test_batch_logs_hold_each_task_as_numbers():
     assert float(logs["loss"]) == pytest.approx(
         float(logs["a_loss"]) + 0.25 * float(logs["b_loss"]), rel=1e-5
     )
+
+
+class _EpochLogs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(dict(logs))
+
+
+def test_epoch_logs_hold_every_task_when_no_callback_reads_batches():
+    # Without a reader of batch logs (verbose=0, epoch-level callbacks only),
+    # `fit` leaves the task entries out of each batch's logs; the epoch's
+    # logs must still hold them all, as in a run whose callback reads every
+    # batch.
+    x, y = regression_data()
+    runs = []
+    for batch_reader in (False, True):
+        model = two_head(ML)
+        model.compile("sgd", loss={"a": "mse", "b": "mae"}, loss_weights={"b": 0.25})
+        epochs = _EpochLogs()
+        callbacks = [epochs, _BatchLogs()] if batch_reader else [epochs]
+        history = model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=callbacks,
+                            validation_data=(x, y)).history
+        runs.append((history, epochs.epochs))
+    (history, epochs), (reference, reference_epochs) = runs
+    names = {"a_loss", "b_loss", "a_weight", "b_weight", "skipped_steps"}
+    expected = {"loss"} | names | {f"val_{name}" for name in {"loss"} | names}
+    assert set(history) == expected == set(reference)
+    for key in expected:
+        assert history[key] == pytest.approx(reference[key], rel=1e-6), key
+    assert [set(logs) for logs in epochs] == [expected, expected]
+    assert epochs[1]["a_loss"] == pytest.approx(reference_epochs[1]["a_loss"], rel=1e-6)

@@ -185,10 +185,17 @@ def lazy_log_entries(packed, count):
     return [LogEntry(holder, i) for i in range(count)]
 
 
-def unpack_logs(logs, names, entries=lazy_log_entries):
+def unpack_logs(logs, names, entries=lazy_log_entries, keep=None):
     """`logs` (holding `PACKED_KEY`) with that entry replaced by one per name:
     the step's logs as Keras would have them. `entries(packed, count)`
-    splits the vector (an engine picks what its Keras reads fastest)."""
+    splits the vector (an engine picks what its Keras reads fastest).
+    `keep`: the names to give back (default: all); the others are left
+    out, and with them the work of splitting when none is kept."""
     logs = dict(logs)
-    logs.update(zip(names, entries(logs.pop(PACKED_KEY), len(names))))
+    packed = logs.pop(PACKED_KEY)
+    if keep is None:
+        logs.update(zip(names, entries(packed, len(names))))
+    elif keep:
+        logs.update((name, entry) for name, entry in zip(names, entries(packed, len(names)))
+                    if name in keep)
     return logs

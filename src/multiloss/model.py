@@ -542,7 +542,7 @@ class MultiLossModel(keras.Model):
 
     def make_train_function(self, force=False):
         super().make_train_function(force)
-        self.train_function = self._unpacking_logs(self.train_function)
+        self.train_function = self._unpacking_logs(self.train_function, train=True)
         return self.train_function
 
     def make_test_function(self, force=False):
@@ -550,7 +550,7 @@ class MultiLossModel(keras.Model):
         self.test_function = self._unpacking_logs(self.test_function)
         return self.test_function
 
-    def _unpacking_logs(self, function):
+    def _unpacking_logs(self, function, train=False):
         """`function` (a train or test function) with its step returning the
         task logs packed, and its logs unpacked for Keras."""
         if function is None or isinstance(function, _UnpackingLogs):
@@ -560,7 +560,20 @@ class MultiLossModel(keras.Model):
             return function
         if getattr(self, "_log_packing", None) is None:
             self._log_packing = _LogPacking()
-        return _UnpackingLogs(function, self, entries)
+        return _UnpackingLogs(function, self, entries, train)
+
+    def _get_metrics_result_or_logs(self, logs):
+        # Keras's rule (the metrics' results when the last step's logs have
+        # the same names, else those logs), but for the task entries that
+        # `fit` leaves out of the batch logs when no callback reads them.
+        metric_logs = self.get_metrics_result()
+        task_metrics = getattr(self, "_task_metrics", None)
+        task_names = set(task_metrics.packed_names) if task_metrics is not None else set()
+        if isinstance(logs, dict) and set(logs) <= set(metric_logs) and (
+            set(metric_logs).difference(logs) <= task_names
+        ):
+            return metric_logs
+        return logs
 
     def fit(self, *args, **kwargs):
         bound = _FIT_SIGNATURE.bind(self, *args, **kwargs)
@@ -569,12 +582,22 @@ class MultiLossModel(keras.Model):
         module = engine.backend_module()
         raising = args is not None and args.nonfinite == "raise"
         hooks = _BalancerHooks(stop=module.nonfinite_stop(self) if raising else None)
+        listed = callbacks.callbacks if isinstance(callbacks, keras.callbacks.CallbackList) else (
+            keras.tree.flatten(callbacks) if callbacks else []
+        )
+        # Each batch's task entries cost Keras a conversion per entry (on
+        # TensorFlow in the training thread): give them only to a reader.
+        read_by_others = bound.arguments.get("verbose", "auto") != 0 or any(
+            _reads_train_batch_logs(callback) for callback in listed
+        )
         if isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks.callbacks.insert(0, hooks)
         else:
             # First, so that the balancer's epoch-end state is what a
             # user's BackupAndRestore or ModelCheckpoint saves.
-            bound.arguments["callbacks"] = [hooks] + list(callbacks or [])
+            bound.arguments["callbacks"] = [hooks] + listed
+        outer = getattr(self, "_train_batch_logs", None)
+        self._train_batch_logs = None if read_by_others else hooks.batch_log_names
         try:
             return super().fit(*bound.args[1:], **bound.kwargs)
         except Exception as exc:
@@ -584,6 +607,8 @@ class MultiLossModel(keras.Model):
             if raising and (isinstance(exc, common.NonfiniteStep) or module.is_nonfinite_stop(exc)):
                 raise hooks.nonfinite_error() from None
             raise
+        finally:
+            self._train_batch_logs = outer
 
     # -- saving ------------------------------------------------------------
 
@@ -620,6 +645,17 @@ class MultiLossModel(keras.Model):
 _FIT_SIGNATURE = inspect.signature(keras.Model.fit)
 
 
+def _reads_train_batch_logs(callback):
+    """Whether `callback` has its own `on_train_batch_end` (or `on_batch_end`,
+    which the default `on_train_batch_end` calls): the test Keras uses for
+    dispatching a batch's end asynchronously."""
+    base = keras.callbacks.Callback
+    return any(
+        getattr(type(callback), name, None) is not getattr(base, name)
+        for name in ("on_train_batch_end", "on_batch_end")
+    )
+
+
 class _BalancerHooks(keras.callbacks.Callback):
     """Runs the balancer's epoch hooks inside `fit`, and names the tasks when
     `compile(nonfinite="raise")` stops training on a non-finite step.
@@ -639,6 +675,8 @@ class _BalancerHooks(keras.callbacks.Callback):
         self._stop = stop
         # Keras may then run `on_train_batch_end` in a worker thread.
         self.async_safe = stop != "batch"
+        # The task entries of the batch logs this callback reads.
+        self.batch_log_names = frozenset({"skipped_steps"} if stop in ("async", "batch") else ())
         self._epoch = 0
         self._batch = 0
         self._epoch_start = 0
@@ -708,10 +746,11 @@ class _UnpackingLogs:
     Keras as named entries (`logs.unpack_logs`, split by `entries`). JAX's
     functions return `(logs, state)`, the others the logs."""
 
-    def __init__(self, function, model, entries):
+    def __init__(self, function, model, entries, train=False):
         self._function = function
         self._model = model
         self._entries = entries
+        self._train = train
         self._names = (None, ())  # (the TaskMetrics, its packed_names)
 
     def __call__(self, *args, **kwargs):
@@ -727,7 +766,10 @@ class _UnpackingLogs:
         metrics = self._model._task_metrics
         if self._names[0] is not metrics:  # a compile attaches new ones
             self._names = (metrics, metrics.packed_names)
-        logs = unpack_logs(logs, self._names[1], self._entries)
+        # A train function inside `fit` gives back only the entries that
+        # its callbacks read (`MultiLossModel.fit`); otherwise all.
+        keep = getattr(self._model, "_train_batch_logs", None) if self._train else None
+        logs = unpack_logs(logs, self._names[1], self._entries, keep)
         return (logs,) + outputs[1:] if isinstance(outputs, tuple) else logs
 
 
