@@ -9,7 +9,7 @@ shows on its own. A second, identical `keras.Model` gives the run's noise
 floor (its ratio would be 1.000 on a quiet machine).
 
     python benchmarks/overhead.py                # all three backends
-    python benchmarks/overhead.py --rounds 25 --out benchmarks/results/overhead.md
+    python benchmarks/overhead.py --rounds 21 --out benchmarks/results/overhead.md
 """
 
 import argparse
@@ -49,7 +49,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 8])
-    parser.add_argument("--steps", type=int, default=40, help="steps per timed epoch")
+    parser.add_argument("--steps", type=int, default=160, help="steps per timed epoch")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--backends", nargs="+", default=list(common.BACKENDS))
     parser.add_argument("--out", help="also write the markdown table here")
@@ -60,7 +60,9 @@ def main():
     results = common.run_per_backend(os.path.abspath(__file__), passthrough, args.backends)
     lines = [
         f"Measured {common.machine_line()}; median ms per training step over "
-        f"{args.rounds} interleaved rounds of {args.steps} steps.",
+        f"{args.rounds} interleaved rounds, each a {args.steps}-step and a "
+        f"{args.steps // 4}-step `fit` per model (a step: the difference of their times "
+        "over the difference of their steps, without `fit`'s fixed costs).",
         "",
         "| backend | K | keras.Model ms | MultiLossModel ms | ratio | "
         "nonfinite='ignore' ms | ratio | keras.Model again (noise) |",

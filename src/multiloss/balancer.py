@@ -89,14 +89,12 @@ class Balancer(keras.layers.Layer):
       the state after the hook ran), outside the compiled step;
     - `log_names` and `logs()`: extra scalars for the training logs (e.g. a
       solver's count of non-converged steps), read inside the step, logged
-      as their latest value.
+      as their latest value;
+    - `step_variables()`: the state a training step assigns (default: all
+      non-trainable variables), which a skipped step restores.
     """
 
     log_names = ()
-    # Whether a training step may assign the balancer's non-trainable state
-    # (a skipped step must then put it back); False for rules whose state
-    # changes only between steps, which spares the step that work.
-    changes_state_in_step = True
 
     def __init__(self, name=None, **kwargs):
         kwargs.setdefault("dtype", "float32")  # state stays float32 under mixed precision
@@ -104,6 +102,12 @@ class Balancer(keras.layers.Layer):
         self.task_names = None
         self._initial_task_weights = None
         self._state_sync = None
+
+    def step_variables(self):
+        """The non-trainable variables a training step may assign, which a
+        skipped step puts back: all of them unless a rule says which (one
+        whose state changes between steps spares the step that work)."""
+        return list(self.non_trainable_variables)
 
     def build(self, input_shape):
         if len(input_shape) != 1 or input_shape[0] is None or input_shape[0] < 1:

@@ -483,14 +483,14 @@ class MultiLossModel(keras.Model):
     def _step_state(self):
         """The non-trainable variables a training step may assign (what a
         skipped step restores): the layers' (e.g. BatchNormalization's
-        moving statistics) and the balancer's, unless it changes its state
-        only between steps."""
+        moving statistics) and those of the balancer's `step_variables`."""
         variables = self.non_trainable_variables
         balancer = getattr(self, "balancer", None)  # None until the tasks are resolved
-        if balancer is None or balancer.changes_state_in_step:
+        if balancer is None:
             return variables
         own = {id(v) for v in balancer.non_trainable_variables}
-        return [v for v in variables if id(v) not in own]
+        kept = {id(v) for v in balancer.step_variables()}
+        return [v for v in variables if id(v) not in own or id(v) in kept]
 
     def _gram_flags(self, variables, flags):
         return common.gram_flags_for(self.balancer, variables, flags)

@@ -102,10 +102,15 @@ class FAMO(Weighting):
         # eager step). Rows: the logits, Adam's two moments, the previous
         # step's log D, then, the same in every column, Adam's two
         # bias-correction powers beta^t, whether a previous step exists (0 or
-        # 1) and the count of training steps.
-        initial = np.zeros((8, k), "float32")
+        # 1) and the count of training steps; last, softmax(logits) (the
+        # weights of the next step's update, kept rather than recomputed).
+        initial = np.zeros((9, k), "float32")
         initial[4:6] = np.array([[_BETA_1], [_BETA_2]], "float32")
+        initial[8] = 1.0 / k
         self.state = add_state(self, "state", initial)
+
+    def step_variables(self):
+        return [self.state]
 
     @property
     def steps(self):
@@ -131,44 +136,47 @@ class FAMO(Weighting):
     def _rule(self, losses, fixed, training):
         # The weights are the total's exact partial derivatives (C is a
         # constant): compute on the values, differentiate one weighted sum.
-        d = positive_part(ops.stop_gradient(losses), self._floor) + self.epsilon
+        shifted = positive_part(ops.stop_gradient(losses), self._floor)
+        d = shifted + self.epsilon
         log_d = ops.log(d)
-        if training:
-            logits = self._update(log_d)
-        else:
-            logits = self.logits
-        cz = fixed * ops.softmax(logits)
+        z = self._update(log_d) if training else ops.convert_to_tensor(self.state)[8]
+        cz = fixed * z
         # C > 0 unless every fixed weight is 0; the tiny term keeps 0/0 out.
         c = ops.sum(cz / d) + _TINY
-        # A clamped task (d = epsilon: at or below its floor) gets weight 0.
-        weights = ops.where(d > self.epsilon, cz / (c * d), 0.0)
+        # A clamped task (shifted = 0: at or below its floor) gets weight 0,
+        # masked in the numerator (no inf * 0, whatever epsilon).
+        weights = cz * ops.sign(shifted) / (c * d)
         return linearized_total(ops.sum(cz * log_d) / c, weights, losses), weights
 
     def _update(self, log_d):
         """One Adam step of the logits from the previous step's losses to
-        these; a no-op at the first step. Returns the logits to use now.
+        these; a no-op at the first step. Returns softmax of the logits to
+        use now.
 
         Python operators with Python floats, row by row: in an eager (torch)
         step each Keras op costs more than its arithmetic on K numbers,
-        hence also the bias-correction powers kept in the state rather than
-        `beta ** t` recomputed."""
-        state = self.state.value
-        logits, m, v, previous, power_1, power_2, started, steps = (state[i] for i in range(8))
+        hence also the bias-correction powers and the softmax kept in the
+        state rather than recomputed."""
+        logits, m, v, previous, power_1, power_2, started, steps, z = ops.unstack(self.state.value)
         # Zero at the first step, whose update (all-zero moments) then
         # changes nothing; t = 1 at the first two steps.
         delta = (previous - log_d) * started
-        z = ops.softmax(logits)
-        grad = z * (delta - ops.sum(z * delta)) + self.gamma * logits
+        zd = z * delta
+        grad = zd - z * ops.sum(zd)
+        if self.gamma:
+            grad = grad + self.gamma * logits
         m = m + (1.0 - _BETA_1) * (grad - m)
         v = v + (1.0 - _BETA_2) * (grad * grad - v)
         step = (m / (1.0 - power_1)) / ((v / (1.0 - power_2)) ** 0.5 + _ADAM_EPSILON)
         logits = logits - self.w_lr * step
-        # beta^t advances from the second step on.
-        power_1 = power_1 - started * (1.0 - _BETA_1) * power_1
-        power_2 = power_2 - started * (1.0 - _BETA_2) * power_2
-        rows = (logits, m, v, log_d, power_1, power_2, started * 0.0 + 1.0, steps + 1.0)
+        z = ops.softmax(logits)
+        # beta^t advances from the second step on (beta^0 = 1).
+        power_1 = power_1 * _BETA_1**started
+        power_2 = power_2 * _BETA_2**started
+        ones = steps**0.0
+        rows = (logits, m, v, log_d, power_1, power_2, ones, steps + ones, z)
         self.state.assign(ops.concatenate([row[None] for row in rows]))
-        return logits
+        return z
 
     def get_config(self):
         return {

@@ -29,7 +29,8 @@ class Static(Weighting):
     ```
     """
 
-    changes_state_in_step = False
+    def step_variables(self):
+        return []  # the weights change between steps only
 
     def balance(self, losses, training=True):
         return ops.sum(losses), ops.ones_like(losses)

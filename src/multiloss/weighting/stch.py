@@ -115,9 +115,12 @@ class STCH(Weighting):
         # What the epoch count and the nadir imply for the steps of the
         # current epoch, set between epochs (fewer ops in every step):
         # `phase` = [gathering the nadir (0/1), STCH phase (0/1)]; `level` =
-        # the nadir plus eps (1 + eps, harmless, before it exists).
+        # the nadir plus eps (1 before it exists: see `_rule`).
         self.phase = add_state(self, "phase", [float(self.warmup_epochs == 0), 0.0])
-        self.level = add_state(self, "level", 1.0 + self.epsilon, (k,))
+        self.level = add_state(self, "level", 1.0, (k,))
+
+    def step_variables(self):
+        return [self.nadir_sum, self.nadir_steps]  # the rest changes between epochs
 
     def on_epoch_end(self, epoch, logs=None):
         self._sync_state()
@@ -154,24 +157,20 @@ class STCH(Weighting):
             gather = phase[0]
             self.nadir_sum.assign(self.nadir_sum.value + gather * shifted)
             self.nadir_steps.assign(self.nadir_steps.value + gather)
-        stch_phase = phase[1] > 0.5
-
-        # Both phases are computed and one is selected: a cheap few ops, where
-        # ops.cond would recompile its branches at every eager JAX call.
-        warm_total = ops.sum(fixed * ops.log(shifted + eps))
-        warm_weights = fixed / (shifted + eps)
-
-        # A task that sat at its floor through the whole nadir epoch has the
-        # smallest level that keeps its gradient finite in float32.
+        # One formula for both phases, `s` (0 or 1) selecting: the level is
+        # 1 until the STCH phase, so that log(D / level + eps) is then the
+        # warm-up's log(D + eps). Products with s, not ops.where or ops.cond:
+        # a few cheap ops in every backend, eager or compiled.
+        s = phase[1]
         level = self.level.value
-        scaled = fixed * ops.log(shifted / level + eps) / self.mu
+        scaled = fixed * ops.log(shifted / level + eps)
+        smooth = scaled / self.mu if self.mu != 1.0 else scaled
         k = float(losses.shape[0])
-        stch_total = (self.mu * k) * ops.logsumexp(scaled)
-        stch_weights = k * fixed * ops.softmax(scaled) / (shifted + eps * level)
-
-        total = ops.where(stch_phase, stch_total, warm_total)
-        # A clamped task (at or below its floor) gets weight 0.
-        weights = ops.where(shifted > 0.0, ops.where(stch_phase, stch_weights, warm_weights), 0.0)
+        total = s * ((self.mu * k) * ops.logsumexp(smooth)) + (1.0 - s) * ops.sum(scaled)
+        share = s * (k * ops.softmax(smooth)) + (1.0 - s)
+        # A clamped task (at or below its floor) gets weight 0, masked in
+        # the numerator (no inf * 0).
+        weights = fixed * share * ops.sign(shifted) / (shifted + eps * level)
         return linearized_total(total, weights, raw), weights
 
     def get_config(self):
