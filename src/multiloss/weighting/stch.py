@@ -162,12 +162,13 @@ class STCH(Weighting):
         # warm-up's log(D + eps). Products with s, not ops.where or ops.cond:
         # a few cheap ops in every backend, eager or compiled.
         s = phase[1]
+        warm = 1.0 - s
         level = self.level.value
         scaled = fixed * ops.log(shifted / level + eps)
         smooth = scaled / self.mu if self.mu != 1.0 else scaled
         k = float(losses.shape[0])
-        total = s * ((self.mu * k) * ops.logsumexp(smooth)) + (1.0 - s) * ops.sum(scaled)
-        share = s * (k * ops.softmax(smooth)) + (1.0 - s)
+        total = s * ((self.mu * k) * ops.logsumexp(smooth)) + warm * ops.sum(scaled)
+        share = s * (k * ops.softmax(smooth)) + warm
         # A clamped task (at or below its floor) gets weight 0, masked in
         # the numerator (no inf * 0).
         weights = fixed * share * ops.sign(shifted) / (shifted + eps * level)
