@@ -173,7 +173,7 @@ class FAMO(Weighting):
         # beta^t advances from the second step on (beta^0 = 1).
         power_1 = power_1 * _BETA_1**started
         power_2 = power_2 * _BETA_2**started
-        ones = steps**0.0
+        ones = steps**0.0  # x ** 0 = 1: a row of ones in one operator
         rows = (logits, m, v, log_d, power_1, power_2, ones, steps + ones, z)
         self.state.assign(ops.concatenate([row[None] for row in rows]))
         return z
