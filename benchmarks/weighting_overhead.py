@@ -104,6 +104,10 @@ def worker(args):
             model.compile(keras.optimizers.Adam(1e-3), loss="mse", balancer=_balancer(name))
             models[name] = model
         samples = time_steps(models, x, y, rounds=args.rounds)
+        if args.fit_steps:
+            # As overhead.py times a step: no callback, no sync per batch.
+            x_fit, y_fit = common.regression_data(k, steps=args.fit_steps)
+            samples["fit"] = common.time_fit_steps(models, x_fit, y_fit, rounds=args.fit_rounds)
         results[str(k)] = {
             kind: common.summarize(values, baseline="static") for kind, values in samples.items()
         }
@@ -149,7 +153,8 @@ def _quantile(values, q):
 
 
 def table(results, args):
-    kinds = (
+    kinds = (("fit", "fit step"),) if args.fit_steps else ()
+    kinds += (
         ("step", "step median"),
         ("step_q25", "step q25"),
         ("cpu", "CPU/step"),
@@ -160,13 +165,17 @@ def table(results, args):
         f"one {args.steps}-step `fit` epoch per method (batch 256). Each cell: "
         "ms per step, and in brackets the ratio to `static` of the same run.",
         "",
+        *([f"- fit step: as `benchmarks/overhead.py` times a step ({args.fit_rounds} "
+           f"rounds of a {args.fit_steps}-step and a {args.fit_steps // 4}-step `fit` per "
+           "method, no callback: the difference of their times over the difference of "
+           "their steps);"] if args.fit_steps else []),
         "- step median / step q25: the median / lower quartile of the intervals "
         "between consecutive batch ends (a callback syncs each step, JAX "
         "included); moments when another process holds the CPU land in the "
         "upper quantiles;",
         "- CPU/step: the process's CPU time (all threads) over the epoch, per step;",
-        "- epoch/steps: an epoch's wall time per step, as `benchmarks/overhead.py` "
-        "measures it (includes `fit`'s per-call work and the epoch hooks);",
+        "- epoch/steps: an epoch's wall time per step (includes `fit`'s per-call "
+        "work and the epoch hooks);",
         "- `static_again` is a second, identical Static model: its ratio is the "
         "noise floor of the run.",
     ]
@@ -194,6 +203,9 @@ def main():
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--steps", type=int, default=40, help="steps per timed epoch")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--fit-steps", type=int, default=160,
+                        help="steps of the longer fit of the `fit step` column (0: no column)")
+    parser.add_argument("--fit-rounds", type=int, default=9)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--backends", nargs="+", default=list(common.BACKENDS))
     parser.add_argument("--out", help="also write the markdown table here")
@@ -226,6 +238,7 @@ def main():
     passthrough = [
         "--tasks", *map(str, args.tasks), "--steps", str(args.steps),
         "--rounds", str(args.rounds), "--methods", *args.methods,
+        "--fit-steps", str(args.fit_steps), "--fit-rounds", str(args.fit_rounds),
     ]
     results = common.run_per_backend(os.path.abspath(__file__), passthrough, args.backends)
     text = table(results, args)
