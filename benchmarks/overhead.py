@@ -49,7 +49,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 8])
-    parser.add_argument("--steps", type=int, default=160, help="steps per timed epoch")
+    parser.add_argument("--steps", type=int, default=160, help="steps of the longer timed fit (the shorter has a quarter)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--backends", nargs="+", default=list(common.BACKENDS))
     parser.add_argument("--out", help="also write the markdown table here")

@@ -49,15 +49,15 @@ def _balancer(name):
 
 
 def time_steps(models, x, y, batch_size=256, rounds=15):
-    """Like `common.time_fit_steps` (one epoch of every model per round, in
-    rotating order, after an untimed compiling epoch), recording two samples
-    per epoch: the epoch's wall time over its steps (`epoch`, as
-    common.time_fit_steps), and the intervals between consecutive batch ends
-    (`step`; each callback syncs, JAX's asynchronous dispatch included), and
-    the process's CPU time per step over the epoch (`cpu`, all threads). The
-    median of the intervals shrugs off the moments another process takes the
-    CPU, and CPU time does not count them at all; the epoch figures include
-    `fit`'s per-epoch work and the epoch hooks.
+    """One epoch of every model per round, in rotating order, after an
+    untimed compiling epoch, recording three samples per epoch: its wall
+    time over its steps (`epoch`), the intervals between consecutive batch
+    ends (`step`; each callback syncs, JAX's asynchronous dispatch
+    included), and the process's CPU time per step over the epoch (`cpu`,
+    all threads). The median of the intervals shrugs off the moments
+    another process takes the CPU, and CPU time does not count them at all;
+    the epoch figures include `fit`'s per-call work and the epoch hooks
+    (`common.time_fit_steps`, the `fit` column, leaves them out).
     """
     import keras
 

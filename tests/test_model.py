@@ -184,7 +184,20 @@ def test_tensorboard_receives_task_logs(tmp_path):
             assert tag in tags, (run, tag, tags)
 
 
-class _BatchLogs(keras.callbacks.Callback):
+class _EpochLogs(keras.callbacks.Callback):
+    """Records each epoch's logs; reads no batch logs."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(dict(logs))
+
+
+class _BatchLogs(_EpochLogs):
+    """Records each batch's logs too."""
+
     def __init__(self):
         super().__init__()
         self.batches = []
@@ -221,15 +234,6 @@ def test_batch_logs_hold_each_task_as_numbers():
     )
 
 
-class _EpochLogs(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.epochs = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epochs.append(dict(logs))
-
-
 def test_epoch_logs_hold_every_task_when_no_callback_reads_batches():
     # Without a reader of batch logs (verbose=0, epoch-level callbacks only),
     # `fit` leaves the task entries out of each batch's logs; the epoch's
@@ -240,11 +244,10 @@ def test_epoch_logs_hold_every_task_when_no_callback_reads_batches():
     for batch_reader in (False, True):
         model = two_head(ML)
         model.compile("sgd", loss={"a": "mse", "b": "mae"}, loss_weights={"b": 0.25})
-        epochs = _EpochLogs()
-        callbacks = [epochs, _BatchLogs()] if batch_reader else [epochs]
-        history = model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=callbacks,
+        recorder = _BatchLogs() if batch_reader else _EpochLogs()
+        history = model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[recorder],
                             validation_data=(x, y)).history
-        runs.append((history, epochs.epochs))
+        runs.append((history, recorder.epochs))
     (history, epochs), (reference, reference_epochs) = runs
     names = {"a_loss", "b_loss", "a_weight", "b_weight", "skipped_steps"}
     expected = {"loss"} | names | {f"val_{name}" for name in {"loss"} | names}
