@@ -283,6 +283,22 @@ def test_stch_weights_the_task_furthest_above_its_nadir_most():
     assert weights[1] * 2.0 > 100 * weights[0] * 0.5  # nearly all on task 2 (mu small)
 
 
+
+@pytest.mark.parametrize("losses", [[0.5, 2.0, 1.0], [1e-6, 1e6, 3.0], [2.0, 2.0, 2.0]])
+@pytest.mark.parametrize("mu", [0.01, 1.0, 50.0])
+def test_stch_total_is_mu_k_logsumexp_when_one_task_dominates(mu, losses):
+    """The STCH value, mu K logsumexp(log(D / n + eps) / mu), in float64 with
+    the maximum taken out: exact also where the softmax of all but one task
+    underflows to 0 (mu small, losses far apart)."""
+    balancer = _built(W.STCH(mu=mu, warmup_epochs=0), 3)
+    _combine(balancer, [1.0, 1.0, 1.0])
+    balancer.on_epoch_end(0)  # nadir [1, 1, 1]
+    total, weights = _combine(balancer, losses)
+    x = np.log(np.asarray(losses, "float64") + 1e-20) / mu
+    expected = mu * 3 * (x.max() + np.log(np.sum(np.exp(x - x.max()))))
+    assert total == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    assert np.all(np.isfinite(weights))
+
 # -- DWA ----------------------------------------------------------------------
 
 

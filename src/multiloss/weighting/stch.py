@@ -13,7 +13,7 @@ from multiloss.weighting._common import (
     per_task_tensor,
     positive_part,
 )
-from multiloss.weighting.base import Weighting, linearized_total
+from multiloss.weighting.base import Weighting
 
 __all__ = ["STCH"]
 
@@ -59,9 +59,9 @@ class STCH(Weighting):
     The balancer counts the training epochs itself, in `on_epoch_end`,
     which `fit` calls (so a second `fit` continues where the first ended);
     in a custom loop call `balancer.on_epoch_end(epoch)` after each epoch
-    (without it, the warm-up never ends); the phase and the nadir level the
+    (without it, the warm-up never ends); the phase and the nadir scale the
     steps use are set there too. The epoch count, the nadir sum, its step
-    count, the phase and the level are Variables: saved, and resumed by
+    count, the phase and the scale are Variables: saved, and resumed by
     `BackupAndRestore`.
     `evaluate` uses the current phase and changes nothing.
 
@@ -114,10 +114,14 @@ class STCH(Weighting):
         self.nadir_steps = add_state(self, "nadir_steps", 0.0, ())
         # What the epoch count and the nadir imply for the steps of the
         # current epoch, set between epochs (fewer ops in every step):
-        # `phase` = [gathering the nadir (0/1), STCH phase (0/1)]; `level` =
-        # the nadir plus eps (1 before it exists: see `_rule`).
-        self.phase = add_state(self, "phase", [float(self.warmup_epochs == 0), 0.0])
-        self.level = add_state(self, "level", 1.0, (k,))
+        # `phase` = [gathering the nadir (0/1), K stch, 1 - stch, mu K stch]
+        # with stch = 1 in the STCH phase, else 0; `scale` = 1 / (nadir +
+        # eps), 1 before the nadir exists (see `_rule`).
+        self.phase = add_state(self, "phase", self._phase(k, gather=self.warmup_epochs == 0, stch=False))
+        self.scale = add_state(self, "scale", 1.0, (k,))
+
+    def _phase(self, k, gather, stch):
+        return [float(gather), k * float(stch), 1.0 - float(stch), self.mu * k * float(stch)]
 
     def step_variables(self):
         return [self.nadir_sum, self.nadir_steps]  # the rest changes between epochs
@@ -128,10 +132,10 @@ class STCH(Weighting):
         self.epochs_done.assign(epochs_done)
         steps = float(ops.convert_to_numpy(self.nadir_steps))
         stch = epochs_done > self.warmup_epochs and steps > 0
-        self.phase.assign([float(epochs_done == self.warmup_epochs), float(stch)])
+        self.phase.assign(self._phase(self.num_tasks, gather=epochs_done == self.warmup_epochs, stch=stch))
         if stch:
             nadir = ops.convert_to_numpy(self.nadir_sum).astype("float64") / steps
-            self.level.assign((np.maximum(nadir, _MIN_NADIR) + self.epsilon).astype("float32"))
+            self.scale.assign((1.0 / (np.maximum(nadir, _MIN_NADIR) + self.epsilon)).astype("float32"))
 
     def combine(self, losses, training=True):
         return self._rule(losses, self.task_weights.value, training)
@@ -146,10 +150,10 @@ class STCH(Weighting):
 
     def _rule(self, losses, fixed, training):
         # The weights are the total's exact partial derivatives in either
-        # phase: compute on the values, differentiate one weighted sum.
-        raw, losses = losses, ops.stop_gradient(losses)
-        eps = self.epsilon
-        shifted = positive_part(losses, self._floor)
+        # phase: computed on the values, they weigh one sum whose gradient
+        # is theirs (`losses - values` is 0 with the losses' gradient).
+        values = ops.stop_gradient(losses)
+        shifted = positive_part(values, self._floor)
         # `.value`: the tensor (or a JAX step's stateless value) without a
         # conversion call.
         phase = self.phase.value
@@ -157,22 +161,29 @@ class STCH(Weighting):
             gather = phase[0]
             self.nadir_sum.assign(self.nadir_sum.value + gather * shifted)
             self.nadir_steps.assign(self.nadir_steps.value + gather)
-        # One formula for both phases, `s` (0 or 1) selecting: the level is
-        # 1 until the STCH phase, so that log(D / level + eps) is then the
-        # warm-up's log(D + eps). Products with s, not ops.where or ops.cond:
-        # a few cheap ops in every backend, eager or compiled.
-        s = phase[1]
-        warm = 1.0 - s
-        level = self.level.value
-        scaled = fixed * ops.log(shifted / level + eps)
+        # One formula for both phases, selected by products with the phase
+        # entries (not ops.where or ops.cond: a few cheap ops in every
+        # backend, eager or compiled): the scale is 1 until the STCH phase,
+        # so that log(D scale + eps) is then the warm-up's log(D + eps).
+        scale = self.scale.value
+        ratio = shifted * scale + self.epsilon
+        scaled = fixed * ops.log(ratio)
         smooth = scaled / self.mu if self.mu != 1.0 else scaled
-        k = float(losses.shape[0])
-        total = s * ((self.mu * k) * ops.logsumexp(smooth)) + warm * ops.sum(scaled)
-        share = s * (k * ops.softmax(smooth)) + warm
-        # A clamped task (at or below its floor) gets weight 0, masked in
-        # the numerator (no inf * 0).
-        weights = fixed * share * ops.sign(shifted) / (shifted + eps * level)
-        return linearized_total(total, weights, raw), weights
+        warm = phase[2]
+        log_p = ops.log_softmax(smooth)
+        p = ops.exp(log_p)
+        share = phase[1] * p + warm
+        # d/dD log(D scale + eps) = scale / ratio. A clamped task (at or
+        # below its floor) gets weight 0, masked in the numerator (no
+        # inf * 0).
+        weights = fixed * share * ops.sign(shifted) * scale / ratio
+        # logsumexp(smooth) = smooth_k - log p_k for every k; their average
+        # under p (exact where p is large, no cancellation where it is
+        # small) saves a logsumexp, which costs as much as the rest of the
+        # rule in an eager step.
+        return ops.sum(
+            phase[3] * p * (smooth - log_p) + warm * scaled + weights * (losses - values)
+        ), weights
 
     def get_config(self):
         return {
