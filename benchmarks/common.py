@@ -46,7 +46,27 @@ def regression_data(num_tasks, steps, batch_size=256, seed=0):
     return x, y
 
 
-def time_fit_steps(models, x, y, batch_size=256, rounds=15):
+def restarter(model):
+    """A function that puts `model` back as it is now: every variable of
+    the model (its layers', its balancer's, its metrics') and of its
+    optimizer. Called before each timed `fit`, it makes every sample time
+    the same stretch of training from the same state: a step's time depends
+    on where training is (on the CPU backends a model trained thousands of
+    steps on the same few batches ran up to 40% slower than at its start,
+    and how soon depends on the method), which is not the method's cost."""
+    import keras
+
+    variables = list(model.variables) + list(model.optimizer.variables)
+    values = [keras.ops.convert_to_numpy(v) for v in variables]
+
+    def restart():
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+
+    return restart
+
+
+def time_fit_steps(models, x, y, batch_size=256, rounds=15, restart=False):
     """Per-step milliseconds of `fit` for each model, over interleaved rounds.
 
     Each round runs, for every model in rotating order, a `fit` epoch over
@@ -57,7 +77,9 @@ def time_fit_steps(models, x, y, batch_size=256, rounds=15):
     a fifth of a 160-step epoch, the same for every model). A first,
     untimed epoch compiles each model's step. As `timeit` does, the garbage
     collector is off while a fit is timed (a collection falling in one
-    variant's epoch and not another's was a large part of the noise).
+    variant's epoch and not another's was a large part of the noise). With
+    `restart`, each timed fit starts from the state after that first epoch
+    (`restarter`).
     """
     steps = len(x) // batch_size
     short = max(1, steps // 4)
@@ -65,8 +87,12 @@ def time_fit_steps(models, x, y, batch_size=256, rounds=15):
     y_short = {name: value[: short * batch_size] for name, value in y.items()}
     for model in models.values():
         model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+    restarts = {name: restarter(model) for name, model in models.items()} if restart else {}
 
-    def timed_fit(model, xs, ys):
+    def timed_fit(name, xs, ys):
+        model = models[name]
+        if restart:
+            restarts[name]()
         gc.collect()
         gc.disable()
         try:
@@ -81,8 +107,8 @@ def time_fit_steps(models, x, y, batch_size=256, rounds=15):
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
-            full = timed_fit(models[name], x, y)
-            part = timed_fit(models[name], x_short, y_short)
+            full = timed_fit(name, x, y)
+            part = timed_fit(name, x_short, y_short)
             samples[name].append(1000 * (full - part) / (steps - short))
     return samples
 

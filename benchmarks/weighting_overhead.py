@@ -23,6 +23,7 @@ import common  # noqa: E402
 METHODS = (
     "static",
     "static_again",  # a second Static model: the ratio shows the noise floor
+    "loss_dependent",  # Static's weights made to depend on this step's losses (a control)
     "uncertainty",
     "imtl_l",
     "dwa",
@@ -35,11 +36,32 @@ METHODS = (
 )
 
 
+def _loss_dependent():
+    """Static's weights plus 0 x this step's losses: the same update as
+    Static, but the backward pass now waits for the losses' values, as it
+    does for every method whose weights depend on them (FAMO, STCH,
+    GeometricMean, ScaleNormalized). Its ratio is what that dependency costs
+    by itself."""
+    from keras import ops
+
+    from multiloss import weighting as W
+
+    class LossDependent(W.Static):
+        def combine(self, losses, training=True):
+            _, weights = super().combine(losses, training)
+            weights = weights + 0.0 * ops.stop_gradient(losses)
+            return ops.sum(ops.stop_gradient(weights) * losses), weights
+
+    return LossDependent()
+
+
 def _balancer(name):
     from multiloss import weighting as W
 
     if name == "static_again":
         return "static"
+    if name == "loss_dependent":
+        return _loss_dependent()
     if name == "metric_driven":
         # No validation data in the benchmark: the rule reads the training logs.
         return W.MetricDriven(monitor="{task}_loss")
@@ -48,7 +70,7 @@ def _balancer(name):
     return name
 
 
-def time_steps(models, x, y, batch_size=256, rounds=15):
+def time_steps(models, x, y, batch_size=256, rounds=15, restart=True):
     """One epoch of every model per round, in rotating order, after an
     untimed compiling epoch, recording three samples per epoch: its wall
     time over its steps (`epoch`), the intervals between consecutive batch
@@ -57,7 +79,9 @@ def time_steps(models, x, y, batch_size=256, rounds=15):
     all threads). The median of the intervals shrugs off the moments
     another process takes the CPU, and CPU time does not count them at all;
     the epoch figures include `fit`'s per-call work and the epoch hooks
-    (`common.time_fit_steps`, the `fit` column, leaves them out).
+    (`common.time_fit_steps`, the `fit` column, leaves them out). With
+    `restart`, every timed epoch starts from the state after the compiling
+    one (`common.restarter`).
     """
     import keras
 
@@ -72,6 +96,7 @@ def time_steps(models, x, y, batch_size=256, rounds=15):
     steps = len(x) // batch_size
     for model in models.values():
         model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+    restarts = {name: common.restarter(model) for name, model in models.items()} if restart else {}
     epoch = {name: [] for name in models}
     step = {name: [] for name in models}
     cpu = {name: [] for name in models}
@@ -79,6 +104,8 @@ def time_steps(models, x, y, batch_size=256, rounds=15):
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
+            if restart:
+                restarts[name]()
             timer = StepTimes()
             start, start_cpu = time.perf_counter(), time.process_time()
             models[name].fit(
@@ -103,11 +130,14 @@ def worker(args):
             model = common.mlp_with_heads(multiloss.MultiLossModel, k)
             model.compile(keras.optimizers.Adam(1e-3), loss="mse", balancer=_balancer(name))
             models[name] = model
-        samples = time_steps(models, x, y, rounds=args.rounds)
+        restart = not args.continue_training
+        samples = time_steps(models, x, y, rounds=args.rounds, restart=restart)
         if args.fit_steps:
             # As overhead.py times a step: no callback, no sync per batch.
             x_fit, y_fit = common.regression_data(k, steps=args.fit_steps)
-            samples["fit"] = common.time_fit_steps(models, x_fit, y_fit, rounds=args.fit_rounds)
+            samples["fit"] = common.time_fit_steps(
+                models, x_fit, y_fit, rounds=args.fit_rounds, restart=restart
+            )
         results[str(k)] = {
             kind: common.summarize(values, baseline="static") for kind, values in samples.items()
         }
@@ -163,7 +193,10 @@ def table(results, args):
     lines = [
         f"Measured {common.machine_line()}: {args.rounds} interleaved rounds of "
         f"one {args.steps}-step `fit` epoch per method (batch 256). Each cell: "
-        "ms per step, and in brackets the ratio to `static` of the same run.",
+        "ms per step, and in brackets the ratio to `static` of the same run. "
+        + ("Every timed `fit` continues where the last one ended." if args.continue_training
+           else "Every timed `fit` starts from the state after an untimed first epoch "
+                "(weights, balancer, optimizer): the same stretch of training each time."),
         "",
         *([f"- fit step: as `benchmarks/overhead.py` times a step ({args.fit_rounds} "
            f"rounds of a {args.fit_steps}-step and a {args.fit_steps // 4}-step `fit` per "
@@ -177,7 +210,10 @@ def table(results, args):
         "- epoch/steps: an epoch's wall time per step (includes `fit`'s per-call "
         "work and the epoch hooks);",
         "- `static_again` is a second, identical Static model: its ratio is the "
-        "noise floor of the run.",
+        "noise floor of the run;",
+        "- `loss_dependent` is Static with its weights made to depend on the step's "
+        "losses (plus 0 x the losses): what that dependency costs by itself, which "
+        "every method whose weights depend on the current losses pays too.",
     ]
     for backend, per_k in results.items():
         for k, per_kind in per_k.items():
@@ -207,6 +243,11 @@ def main():
                         help="steps of the longer fit of the `fit step` column (0: no column)")
     parser.add_argument("--fit-rounds", type=int, default=9)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument(
+        "--continue-training", action="store_true",
+        help="time each round where the last one left off (default: every timed fit "
+             "starts from the state after the compiling epoch)",
+    )
     parser.add_argument("--backends", nargs="+", default=list(common.BACKENDS))
     parser.add_argument("--out", help="also write the markdown table here")
     parser.add_argument(
@@ -239,6 +280,7 @@ def main():
         "--tasks", *map(str, args.tasks), "--steps", str(args.steps),
         "--rounds", str(args.rounds), "--methods", *args.methods,
         "--fit-steps", str(args.fit_steps), "--fit-rounds", str(args.fit_rounds),
+        *(["--continue-training"] if args.continue_training else []),
     ]
     results = common.run_per_backend(os.path.abspath(__file__), passthrough, args.backends)
     text = table(results, args)
