@@ -226,7 +226,5 @@ def test_a_skipped_non_finite_step_leaves_the_balancer_state_as_it_was():
     state = _np(skipped.balancer.state)
     assert np.all(np.isfinite(state))
     np.testing.assert_allclose(state, _np(clean.balancer.state), rtol=1e-5, atol=1e-7)
-    # Five steps taken, not six: the first moment's normaliser is then
-    # sum_{i<5} 0.9^i (FAMO's state row 5).
-    np.testing.assert_allclose(state[5], (1 - 0.9**5) / (1 - 0.9), rtol=1e-6)
+    assert int(_np(skipped.balancer.steps)) == int(_np(clean.balancer.steps)) == 5
     assert max_weight_diff(skipped, clean) < 1e-6

@@ -4,7 +4,7 @@ from keras import ops
 
 from multiloss.balancer import Balancer
 
-__all__ = ["Weighting"]
+__all__ = ["Weighting", "linearized_total"]
 
 
 class Weighting(Balancer):
@@ -28,3 +28,15 @@ class Weighting(Balancer):
         """Returns `(total, weights)` for the (K,) weighted losses."""
         raise NotImplementedError
 
+
+def linearized_total(value, weights, losses):
+    """A total equal to `value` whose gradient is `sum_k weights_k grad L_k`.
+
+    For a rule whose total is a function of the losses alone and whose
+    weights in force are exactly its partial derivatives (FAMO): the
+    rule then runs on `stop_gradient(losses)`, so an eager backend records
+    none of its operations for the backward pass, and the backward pass is
+    that of one weighted sum.
+    """
+    linear = ops.sum(ops.stop_gradient(weights) * losses)
+    return linear + ops.stop_gradient(value - linear)

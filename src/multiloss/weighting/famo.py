@@ -12,7 +12,7 @@ from multiloss.weighting._common import (
     per_task_tensor,
     positive_part,
 )
-from multiloss.weighting.base import Weighting
+from multiloss.weighting.base import Weighting, linearized_total
 
 __all__ = ["FAMO"]
 
@@ -99,20 +99,23 @@ class FAMO(Weighting):
         k = input_shape[0]
         self._floor = per_task_tensor("FAMO", "min_losses", self.min_losses, k)
         # One Variable, read and written once per step (what costs in an
-        # eager step). Rows: the logits; Adam's two moments, kept without
-        # their (1 - beta) factor; the previous step's log D; softmax(logits)
-        # as the previous step left it (the weights of this step's update;
-        # zero before the first step, which makes that step's update zero
-        # with no flag); then, the same in every column, the normalisers the
-        # two moments are divided by at the next update (see `_update`),
-        # tiny before the first step, whose all-zero moments they divide
-        # to 0.
-        initial = np.zeros((7, k), "float32")
-        initial[5:7] = _TINY
+        # eager step). Rows: the logits, Adam's two moments, the previous
+        # step's log D, then, the same in every column, Adam's two
+        # bias-correction powers beta^t, whether a previous step exists (0 or
+        # 1) and the count of training steps; last, softmax(logits) (the
+        # weights of the next step's update, kept rather than recomputed).
+        initial = np.zeros((9, k), "float32")
+        initial[4:6] = np.array([[_BETA_1], [_BETA_2]], "float32")
+        initial[8] = 1.0 / k
         self.state = add_state(self, "state", initial)
 
     def step_variables(self):
         return [self.state]
+
+    @property
+    def steps(self):
+        """The number of training steps taken (a float32 scalar tensor)."""
+        return ops.convert_to_tensor(self.state)[7, 0]
 
     @property
     def logits(self):
@@ -132,47 +135,46 @@ class FAMO(Weighting):
 
     def _rule(self, losses, fixed, training):
         # The weights are the total's exact partial derivatives (C is a
-        # constant): computed on the values, an eager backend records none of
-        # this for the backward pass; they weigh one sum whose gradient is
-        # theirs (`losses - values` is 0, with the losses' gradient).
-        values = ops.stop_gradient(losses)
-        shifted = positive_part(values, self._floor)
+        # constant): compute on the values, differentiate one weighted sum.
+        shifted = positive_part(ops.stop_gradient(losses), self._floor)
         d = shifted + self.epsilon
         log_d = ops.log(d)
-        z = self._update(log_d) if training else ops.softmax(self.logits)
+        z = self._update(log_d) if training else ops.convert_to_tensor(self.state)[8]
         cz = fixed * z
-        ratio = cz / d
         # C > 0 unless every fixed weight is 0; the tiny term keeps 0/0 out.
-        c = ops.sum(ratio) + _TINY
+        c = ops.sum(cz / d) + _TINY
         # A clamped task (shifted = 0: at or below its floor) gets weight 0,
         # masked in the numerator (no inf * 0, whatever epsilon).
-        masked = ratio * ops.sign(shifted)
-        total = ops.sum(cz * log_d + masked * (losses - values)) / c
-        return total, masked / c
+        weights = cz * ops.sign(shifted) / (c * d)
+        return linearized_total(ops.sum(cz * log_d) / c, weights, losses), weights
 
     def _update(self, log_d):
         """One Adam step of the logits from the previous step's losses to
-        these; zero at the first step. Returns softmax of the logits to use
-        now.
+        these; a no-op at the first step. Returns softmax of the logits to
+        use now.
 
-        With `M = m / (1 - beta_1)` and `N_1 = (1 - beta_1^t) / (1 - beta_1)`
-        at the t-th update, Adam's `m_hat = m / (1 - beta_1^t) = M / N_1`,
-        and both follow `x <- beta_1 x + input` (the gradient for M, 1 for
-        N_1: N_1 = 1, 1 + beta_1, ...); the same for the second moment.
-        Python operators with Python floats, row by row: in an eager
-        (torch) step each Keras op costs more than its arithmetic on K
-        numbers."""
-        logits, m, v, previous, z, n_1, n_2 = ops.unstack(self.state.value)
-        zd = z * (previous - log_d)
+        Python operators with Python floats, row by row: in an eager (torch)
+        step each Keras op costs more than its arithmetic on K numbers,
+        hence also the bias-correction powers and the softmax kept in the
+        state rather than recomputed."""
+        logits, m, v, previous, power_1, power_2, started, steps, z = ops.unstack(self.state.value)
+        # Zero at the first step, whose update (all-zero moments) then
+        # changes nothing; t = 1 at the first two steps.
+        delta = (previous - log_d) * started
+        zd = z * delta
         grad = zd - z * ops.sum(zd)
         if self.gamma:
             grad = grad + self.gamma * logits
-        m = m * _BETA_1 + grad
-        v = v * _BETA_2 + grad * grad
-        logits = logits - self.w_lr * (m / n_1) / ((v / n_2) ** 0.5 + _ADAM_EPSILON)
+        m = m + (1.0 - _BETA_1) * (grad - m)
+        v = v + (1.0 - _BETA_2) * (grad * grad - v)
+        step = (m / (1.0 - power_1)) / ((v / (1.0 - power_2)) ** 0.5 + _ADAM_EPSILON)
+        logits = logits - self.w_lr * step
         z = ops.softmax(logits)
-        # The normalisers the next step divides by.
-        rows = (logits, m, v, log_d, z, n_1 * _BETA_1 + 1.0, n_2 * _BETA_2 + 1.0)
+        # beta^t advances from the second step on (beta^0 = 1).
+        power_1 = power_1 * _BETA_1**started
+        power_2 = power_2 * _BETA_2**started
+        ones = steps**0.0  # x ** 0 = 1: a row of ones in one operator
+        rows = (logits, m, v, log_d, power_1, power_2, ones, steps + ones, z)
         self.state.assign(ops.concatenate([row[None] for row in rows]))
         return z
 
