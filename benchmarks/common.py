@@ -50,10 +50,11 @@ def restarter(model):
     """A function that puts `model` back as it is now: every variable of
     the model (its layers', its balancer's, its metrics') and of its
     optimizer. Called before each timed `fit`, it makes every sample time
-    the same stretch of training from the same state: a step's time depends
-    on where training is (on the CPU backends a model trained thousands of
-    steps on the same few batches ran up to 40% slower than at its start,
-    and how soon depends on the method), which is not the method's cost."""
+    the same stretch of training from the same state, for every method:
+    rounds that go on from the last one time each method at a different
+    point of its own trajectory (after thousands of steps on the same few
+    batches), where the values, not only the method, may set a step's
+    cost."""
     import keras
 
     variables = list(model.variables) + list(model.optimizer.variables)
