@@ -70,7 +70,7 @@ def _balancer(name):
     return name
 
 
-def time_steps(models, x, y, batch_size=256, rounds=15, restart=True):
+def time_steps(models, x, y, batch_size=256, rounds=15, restart=False):
     """One epoch of every model per round, in rotating order, after an
     untimed compiling epoch, recording three samples per epoch: its wall
     time over its steps (`epoch`), the intervals between consecutive batch

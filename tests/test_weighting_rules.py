@@ -283,7 +283,6 @@ def test_stch_weights_the_task_furthest_above_its_nadir_most():
     assert weights[1] * 2.0 > 100 * weights[0] * 0.5  # nearly all on task 2 (mu small)
 
 
-
 @pytest.mark.parametrize("losses", [[0.5, 2.0, 1.0], [1e-6, 1e6, 3.0], [2.0, 2.0, 2.0]])
 @pytest.mark.parametrize("mu", [0.01, 1.0, 50.0])
 def test_stch_total_is_mu_k_logsumexp_when_one_task_dominates(mu, losses):
@@ -298,6 +297,7 @@ def test_stch_total_is_mu_k_logsumexp_when_one_task_dominates(mu, losses):
     expected = mu * 3 * (x.max() + np.log(np.sum(np.exp(x - x.max()))))
     assert total == pytest.approx(expected, rel=1e-5, abs=1e-5)
     assert np.all(np.isfinite(weights))
+
 
 # -- DWA ----------------------------------------------------------------------
 
