@@ -99,15 +99,22 @@ class FAMO(Weighting):
         k = input_shape[0]
         self._floor = per_task_tensor("FAMO", "min_losses", self.min_losses, k)
         # One Variable, read and written once per step (what costs in an
-        # eager step). Rows: the logits, Adam's two moments, the previous
-        # step's log D, then, the same in every column, Adam's two
-        # bias-correction powers beta^t, whether a previous step exists (0 or
-        # 1) and the count of training steps; last, softmax(logits) (the
-        # weights of the next step's update, kept rather than recomputed).
-        initial = np.zeros((9, k), "float32")
-        initial[4:6] = np.array([[_BETA_1], [_BETA_2]], "float32")
-        initial[8] = 1.0 / k
+        # eager step). Rows: the logits; softmax(logits) as the last update
+        # left it (the weights of this step's update: 0 before the first
+        # step, whose update is then 0 with no flag); the previous step's
+        # log D; Adam's two moments as sums `M <- beta M + g` (without the
+        # (1 - beta) factor); then, the same in every column, the
+        # normalisers the moments are divided by at the next update (see
+        # `_update`) and the count of training steps, all tiny before the
+        # first step.
+        initial = np.zeros((8, k), "float32")
+        initial[5:8] = _TINY
         self.state = add_state(self, "state", initial)
+        # Constant tensors rather than Python floats: an eager backend wraps
+        # a float in a tensor at every operation.
+        self._moment_decay = ops.convert_to_tensor([[_BETA_1], [_BETA_2]], "float32")
+        self._moment_powers = ops.convert_to_tensor([[1.0], [2.0]], "float32")
+        self._norm_decay = ops.convert_to_tensor([[_BETA_1], [_BETA_2], [1.0]], "float32")
 
     def step_variables(self):
         return [self.state]
@@ -139,7 +146,7 @@ class FAMO(Weighting):
         shifted = positive_part(ops.stop_gradient(losses), self._floor)
         d = shifted + self.epsilon
         log_d = ops.log(d)
-        z = self._update(log_d) if training else ops.convert_to_tensor(self.state)[8]
+        z = self._update(log_d) if training else ops.softmax(self.logits)
         cz = fixed * z
         # C > 0 unless every fixed weight is 0; the tiny term keeps 0/0 out.
         c = ops.sum(cz / d) + _TINY
@@ -150,32 +157,30 @@ class FAMO(Weighting):
 
     def _update(self, log_d):
         """One Adam step of the logits from the previous step's losses to
-        these; a no-op at the first step. Returns softmax of the logits to
-        use now.
+        these; zero at the first step. Returns softmax of the logits to use
+        now.
 
-        Python operators with Python floats, row by row: in an eager (torch)
-        step each Keras op costs more than its arithmetic on K numbers,
-        hence also the bias-correction powers and the softmax kept in the
-        state rather than recomputed."""
-        logits, m, v, previous, power_1, power_2, started, steps, z = ops.unstack(self.state.value)
-        # Zero at the first step, whose update (all-zero moments) then
-        # changes nothing; t = 1 at the first two steps.
-        delta = (previous - log_d) * started
-        zd = z * delta
+        With `M = m / (1 - beta_1)` and `N_1 = (1 - beta_1^t) / (1 - beta_1)`
+        at the t-th update, Adam's `m_hat = m / (1 - beta_1^t) = M / N_1`,
+        and both follow `x <- beta_1 x + input` (the gradient for M, 1 for
+        N_1: N_1 = 1, 1 + beta_1, ...); the same for the second moment,
+        and the step count is the same sum with beta = 1. The two moments
+        move as one (2, K) block: `grad ** [[1], [2]]` is the gradient and
+        its square in one operation; an eager step pays per operation, not
+        per number."""
+        state = self.state.value
+        logits, z, previous = state[0], state[1], state[2]
+        moments, norms = state[3:5], state[5:8]
+        zd = z * (previous - log_d)
         grad = zd - z * ops.sum(zd)
         if self.gamma:
             grad = grad + self.gamma * logits
-        m = m + (1.0 - _BETA_1) * (grad - m)
-        v = v + (1.0 - _BETA_2) * (grad * grad - v)
-        step = (m / (1.0 - power_1)) / ((v / (1.0 - power_2)) ** 0.5 + _ADAM_EPSILON)
-        logits = logits - self.w_lr * step
+        moments = moments * self._moment_decay + grad ** self._moment_powers
+        unbiased = moments / norms[:2]
+        logits = logits - self.w_lr * unbiased[0] / (unbiased[1] ** 0.5 + _ADAM_EPSILON)
         z = ops.softmax(logits)
-        # beta^t advances from the second step on (beta^0 = 1).
-        power_1 = power_1 * _BETA_1**started
-        power_2 = power_2 * _BETA_2**started
-        ones = steps**0.0  # x ** 0 = 1: a row of ones in one operator
-        rows = (logits, m, v, log_d, power_1, power_2, ones, steps + ones, z)
-        self.state.assign(ops.concatenate([row[None] for row in rows]))
+        norms = norms * self._norm_decay + 1.0
+        self.state.assign(ops.concatenate([logits[None], z[None], log_d[None], moments, norms]))
         return z
 
     def get_config(self):
