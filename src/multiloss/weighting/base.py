@@ -36,7 +36,8 @@ def linearized_total(value, weights, losses):
     weights in force are exactly its partial derivatives (FAMO): the
     rule then runs on `stop_gradient(losses)`, so an eager backend records
     none of its operations for the backward pass, and the backward pass is
-    that of one weighted sum.
+    that of one weighted sum. `weights` must carry no gradient (computed
+    from `stop_gradient(losses)` and state), as `value`.
     """
-    linear = ops.sum(ops.stop_gradient(weights) * losses)
+    linear = ops.sum(weights * losses)
     return linear + ops.stop_gradient(value - linear)

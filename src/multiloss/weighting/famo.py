@@ -105,16 +105,24 @@ class FAMO(Weighting):
         # log D; Adam's two moments as sums `M <- beta M + g` (without the
         # (1 - beta) factor); then, the same in every column, the
         # normalisers the moments are divided by at the next update (see
-        # `_update`) and the count of training steps, all tiny before the
-        # first step.
+        # `_update`; the first one divided by `w_lr`) and the count of
+        # training steps, all tiny before the first step.
         initial = np.zeros((8, k), "float32")
         initial[5:8] = _TINY
         self.state = add_state(self, "state", initial)
         # Constant tensors rather than Python floats: an eager backend wraps
         # a float in a tensor at every operation.
-        self._moment_decay = ops.convert_to_tensor([[_BETA_1], [_BETA_2]], "float32")
-        self._moment_powers = ops.convert_to_tensor([[1.0], [2.0]], "float32")
-        self._norm_decay = ops.convert_to_tensor([[_BETA_1], [_BETA_2], [1.0]], "float32")
+        def constant(value):
+            return ops.convert_to_tensor(value, "float32")
+
+        self._epsilon, self._tiny = constant(self.epsilon), constant(_TINY)
+        self._gamma, self._adam_epsilon = constant(self.gamma), constant(_ADAM_EPSILON)
+        self._moment_decay = constant([[_BETA_1], [_BETA_2]])
+        self._moment_powers = constant([[1.0], [2.0]])
+        # The first normaliser is kept divided by the learning rate, whose
+        # product with the step then costs no operation.
+        self._norm_decay = constant([[_BETA_1], [_BETA_2], [1.0]])
+        self._norm_increment = constant([[1.0 / self.w_lr], [1.0], [1.0]])
 
     def step_variables(self):
         return [self.state]
@@ -144,15 +152,16 @@ class FAMO(Weighting):
         # The weights are the total's exact partial derivatives (C is a
         # constant): compute on the values, differentiate one weighted sum.
         shifted = positive_part(ops.stop_gradient(losses), self._floor)
-        d = shifted + self.epsilon
+        d = shifted + self._epsilon
         log_d = ops.log(d)
         z = self._update(log_d) if training else ops.softmax(self.logits)
         cz = fixed * z
+        ratio = cz / d
         # C > 0 unless every fixed weight is 0; the tiny term keeps 0/0 out.
-        c = ops.sum(cz / d) + _TINY
+        c = ops.sum(ratio) + self._tiny
         # A clamped task (shifted = 0: at or below its floor) gets weight 0,
         # masked in the numerator (no inf * 0, whatever epsilon).
-        weights = cz * ops.sign(shifted) / (c * d)
+        weights = ratio * ops.sign(shifted) / c
         return linearized_total(ops.sum(cz * log_d) / c, weights, losses), weights
 
     def _update(self, log_d):
@@ -174,12 +183,13 @@ class FAMO(Weighting):
         zd = z * (previous - log_d)
         grad = zd - z * ops.sum(zd)
         if self.gamma:
-            grad = grad + self.gamma * logits
+            grad = grad + self._gamma * logits
         moments = moments * self._moment_decay + grad ** self._moment_powers
         unbiased = moments / norms[:2]
-        logits = logits - self.w_lr * unbiased[0] / (unbiased[1] ** 0.5 + _ADAM_EPSILON)
+        # unbiased[0] is w_lr m_hat: its normaliser is N_1 / w_lr.
+        logits = logits - unbiased[0] / (unbiased[1] ** 0.5 + self._adam_epsilon)
         z = ops.softmax(logits)
-        norms = norms * self._norm_decay + 1.0
+        norms = norms * self._norm_decay + self._norm_increment
         self.state.assign(ops.concatenate([logits[None], z[None], log_d[None], moments, norms]))
         return z
 

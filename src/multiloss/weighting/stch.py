@@ -110,8 +110,13 @@ class STCH(Weighting):
         k = input_shape[0]
         self._floor = per_task_tensor("STCH", "min_losses", self.min_losses, k)
         self.epochs_done = add_state(self, "epochs_done", 0, (), dtype="int32")
-        self.nadir_sum = add_state(self, "nadir_sum", 0.0, (k,))
-        self.nadir_steps = add_state(self, "nadir_steps", 0.0, ())
+        # Rows: the sum of each task's shifted loss over the nadir epoch's
+        # steps, and the count of those steps (the same in every column): one
+        # Variable, one assignment per step.
+        self.nadir_sums = add_state(self, "nadir_sums", 0.0, (2, k))
+        # shifted ** [[1], [0]] is [shifted; 1] in one operation.
+        self._sum_powers = ops.convert_to_tensor([[1.0], [0.0]], "float32")
+        self._epsilon = ops.convert_to_tensor(self.epsilon, "float32")
         # What the epoch count and the nadir imply for the steps of the
         # current epoch, set between epochs (fewer ops in every step):
         # `phase` = [gathering the nadir (0/1), K stch, 1 - stch, mu K stch]
@@ -124,7 +129,17 @@ class STCH(Weighting):
         return [float(gather), k * float(stch), 1.0 - float(stch), self.mu * k * float(stch)]
 
     def step_variables(self):
-        return [self.nadir_sum, self.nadir_steps]  # the rest changes between epochs
+        return [self.nadir_sums]  # the rest changes between epochs
+
+    @property
+    def nadir_sum(self):
+        """Each task's shifted loss summed over the nadir epoch so far."""
+        return ops.convert_to_tensor(self.nadir_sums)[0]
+
+    @property
+    def nadir_steps(self):
+        """The number of steps summed in `nadir_sum` (a float32 scalar)."""
+        return ops.convert_to_tensor(self.nadir_sums)[1, 0]
 
     def on_epoch_end(self, epoch, logs=None):
         self._sync_state()
@@ -159,14 +174,13 @@ class STCH(Weighting):
         phase = self.phase.value
         if training:
             gather = phase[0]
-            self.nadir_sum.assign(self.nadir_sum.value + gather * shifted)
-            self.nadir_steps.assign(self.nadir_steps.value + gather)
+            self.nadir_sums.assign(self.nadir_sums.value + gather * shifted ** self._sum_powers)
         # One formula for both phases, selected by products with the phase
         # entries (not ops.where or ops.cond: a few cheap ops in every
         # backend, eager or compiled): the scale is 1 until the STCH phase,
         # so that log(D scale + eps) is then the warm-up's log(D + eps).
         scale = self.scale.value
-        ratio = shifted * scale + self.epsilon
+        ratio = shifted * scale + self._epsilon
         scaled = fixed * ops.log(ratio)
         smooth = scaled / self.mu if self.mu != 1.0 else scaled
         warm = phase[2]
