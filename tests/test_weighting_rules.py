@@ -396,6 +396,19 @@ def test_rlw_is_a_softmax_of_standard_normals_and_reproducible():
     assert not np.allclose(_rlw_draws(seed=12, n=5), draws[:5])
 
 
+def test_rlw_uses_the_draw_made_one_step_before():
+    """Step 1's z is numpy's draw for the seed; step t+1's is keras.random's
+    t-th draw from a SeedGenerator with that seed."""
+    k, seed = 5, 7
+    draws = _rlw_draws(seed=seed, n=3, k=k)
+    first = np.random.default_rng(seed).standard_normal(k)
+    np.testing.assert_allclose(draws[0], np.exp(first) / np.exp(first).sum(), rtol=1e-5)
+    generator = keras.random.SeedGenerator(seed)
+    for later in draws[1:]:
+        z = _np(keras.random.normal((k,), seed=generator))
+        np.testing.assert_allclose(later, np.exp(z) / np.exp(z).sum(), rtol=1e-5)
+
+
 def test_rlw_weighs_the_losses_and_evaluates_with_the_expected_weights():
     c = np.array([1.0, 1.0, 2.0, 0.0])
     losses = np.array([1.0, 2.0, 3.0, 4.0])
@@ -403,11 +416,12 @@ def test_rlw_weighs_the_losses_and_evaluates_with_the_expected_weights():
     total, weights = _combine(balancer, losses)  # a training draw
     assert total == pytest.approx(float(np.dot(weights, losses)), rel=1e-5)
     assert weights[3] == 0.0 and np.all(weights[:3] > 0)
-    state = _np(balancer.seed_generator.state)
+    state, held = _np(balancer.seed_generator.state), _np(balancer.draw)
     total, weights = _combine(balancer, losses, training=False)
     np.testing.assert_allclose(weights, [0.25, 0.25, 0.5, 0.0], rtol=1e-6)
     assert total == pytest.approx(0.25 + 0.5 + 1.5, rel=1e-6)
     np.testing.assert_array_equal(_np(balancer.seed_generator.state), state)
+    np.testing.assert_array_equal(_np(balancer.draw), held)
 
 
 # -- MetricDriven ---------------------------------------------------------------
