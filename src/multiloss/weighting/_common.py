@@ -113,6 +113,12 @@ def per_task_tensor(owner, name, value, num_tasks):
     return float(value)
 
 
+def constant(value):
+    """A float32 tensor for a constant a rule uses at every step: an eager
+    backend would wrap a Python float in a new tensor at each operation."""
+    return ops.convert_to_tensor(value, "float32")
+
+
 def positive_part(losses, floor):
     """`max(L - floor, 0)`: the shift and clamp of the log-based methods.
 

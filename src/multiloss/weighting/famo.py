@@ -9,6 +9,7 @@ from multiloss.weighting._common import (
     check_float,
     check_kwargs,
     check_per_task,
+    constant,
     per_task_tensor,
     positive_part,
 )
@@ -110,11 +111,6 @@ class FAMO(Weighting):
         initial = np.zeros((8, k), "float32")
         initial[5:8] = _TINY
         self.state = add_state(self, "state", initial)
-        # Constant tensors rather than Python floats: an eager backend wraps
-        # a float in a tensor at every operation.
-        def constant(value):
-            return ops.convert_to_tensor(value, "float32")
-
         self._epsilon, self._tiny = constant(self.epsilon), constant(_TINY)
         self._gamma, self._adam_epsilon = constant(self.gamma), constant(_ADAM_EPSILON)
         self._moment_decay = constant([[_BETA_1], [_BETA_2]])

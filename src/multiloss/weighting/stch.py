@@ -10,6 +10,7 @@ from multiloss.weighting._common import (
     check_int,
     check_kwargs,
     check_per_task,
+    constant,
     per_task_tensor,
     positive_part,
 )
@@ -115,8 +116,8 @@ class STCH(Weighting):
         # Variable, one assignment per step.
         self.nadir_sums = add_state(self, "nadir_sums", 0.0, (2, k))
         # shifted ** [[1], [0]] is [shifted; 1] in one operation.
-        self._sum_powers = ops.convert_to_tensor([[1.0], [0.0]], "float32")
-        self._epsilon = ops.convert_to_tensor(self.epsilon, "float32")
+        self._sum_powers = constant([[1.0], [0.0]])
+        self._epsilon = constant(self.epsilon)
         # What the epoch count and the nadir imply for the steps of the
         # current epoch, set between epochs (fewer ops in every step):
         # `phase` = [gathering the nadir (0/1), K stch, 1 - stch, mu K stch]
