@@ -20,6 +20,12 @@ __all__ = ["FAMO"]
 # torch.optim.Adam's defaults, which the paper's code uses for the logits.
 _BETA_1, _BETA_2, _ADAM_EPSILON = 0.9, 0.999, 1e-8
 _TINY = 1e-30
+# The normalisers' value before the first step: small enough to vanish
+# from the first update's sums (1e-20 * 0.9 + 40 is 40 in float32), large
+# enough that its product with Adam's epsilon (1e-28) stays a normal float:
+# XLA may rewrite `(m / n) / (sqrt(v) + eps)` as `m / (n * (sqrt(v) + eps))`,
+# where a denormal product flushed to 0 would make the first step's 0 / 0.
+_NORMALIZER_BEFORE_FIRST_STEP = 1e-20
 
 
 @register("famo")
@@ -109,7 +115,7 @@ class FAMO(Weighting):
         # `_update`; the first one divided by `w_lr`) and the count of
         # training steps, all tiny before the first step.
         initial = np.zeros((8, k), "float32")
-        initial[5:8] = _TINY
+        initial[5:8] = _NORMALIZER_BEFORE_FIRST_STEP
         self.state = add_state(self, "state", initial)
         self._epsilon, self._tiny = constant(self.epsilon), constant(_TINY)
         self._gamma, self._adam_epsilon = constant(self.gamma), constant(_ADAM_EPSILON)
