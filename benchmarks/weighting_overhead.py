@@ -9,6 +9,8 @@ per step and the ratio of medians to Static.
     python benchmarks/weighting_overhead.py                 # all three backends
     python benchmarks/weighting_overhead.py --rounds 21 --out benchmarks/results/weighting_overhead.md
     python benchmarks/weighting_overhead.py --combine-cost  # the balancer alone, eager
+    python benchmarks/weighting_overhead.py --backends jax --tasks 8 --methods \
+        static_again loss_dependent famo famo_state_only famo_lagged  # FAMO by parts
 """
 
 import argparse
@@ -55,6 +57,40 @@ def _loss_dependent():
     return LossDependent()
 
 
+# Not run by default: FAMO taken apart, to see where its step time goes.
+FAMO_PARTS = (
+    "famo_state_only",  # FAMO's update runs and is stored; the weights are Static's
+    "famo_lagged",  # weights from the logits before this step's update (not FAMO's order)
+)
+
+
+def _famo_part(name):
+    """`famo_state_only`: the update's cost off the backward pass's path.
+    `famo_lagged`: the weights `c z / D` with `z` as the previous update
+    left it, so that only one normalisation of this step's losses stands
+    between the forward and backward passes (FAMO's own order puts the
+    Adam step and a softmax there too): the least a rule with FAMO's
+    weights costs."""
+    from keras import ops
+
+    from multiloss import weighting as W
+
+    class FamoStateOnly(W.FAMO):
+        def _rule(self, losses, fixed, training):
+            super()._rule(losses, fixed, training)
+            weights = fixed / ops.sum(fixed)
+            return ops.sum(ops.stop_gradient(weights) * losses), weights
+
+    class FamoLagged(W.FAMO):
+        def _update(self, log_d):
+            # A copy: torch assigns a Variable in place.
+            before = self.state.value[1] * 1.0
+            super()._update(log_d)
+            return before
+
+    return {"famo_state_only": FamoStateOnly, "famo_lagged": FamoLagged}[name]()
+
+
 def _balancer(name):
     from multiloss import weighting as W
 
@@ -62,6 +98,8 @@ def _balancer(name):
         return "static"
     if name == "loss_dependent":
         return _loss_dependent()
+    if name in FAMO_PARTS:
+        return _famo_part(name)
     if name == "metric_driven":
         # No validation data in the benchmark: the rule reads the training logs.
         return W.MetricDriven(monitor="{task}_loss")
