@@ -58,19 +58,16 @@ def _loss_dependent():
 
 
 # Not run by default: FAMO taken apart, to see where its step time goes.
-FAMO_PARTS = (
-    "famo_state_only",  # FAMO's update runs and is stored; the weights are Static's
-    "famo_lagged",  # weights from the logits before this step's update (not FAMO's order)
-)
+FAMO_PARTS = ("famo_state_only", "famo_lagged")
 
 
 def _famo_part(name):
-    """`famo_state_only`: the update's cost off the backward pass's path.
+    """`famo_state_only`: FAMO's update runs and is stored, the weights are
+    Static's: what the update costs off the backward pass's path.
     `famo_lagged`: the weights `c z / D` with `z` as the previous update
-    left it, so that only one normalisation of this step's losses stands
-    between the forward and backward passes (FAMO's own order puts the
-    Adam step and a softmax there too): the least a rule with FAMO's
-    weights costs."""
+    left it (not FAMO's order), so that one normalisation of this step's
+    losses, not an Adam step and a softmax too, stands between the forward
+    and backward passes."""
     from keras import ops
 
     from multiloss import weighting as W
