@@ -16,7 +16,6 @@ import jax
 import jax.extend.core as jax_core
 import jax.numpy as jnp
 import keras
-from keras import ops
 from keras.utils import unpack_x_y_sample_weight
 
 from multiloss.engine import common

@@ -255,3 +255,65 @@ def task_gram(model):
             return torch.stack(task_losses).detach(), common.shared_gram(variables, per_task, flags, 1.0)
 
     return compute
+
+
+# -- The operations of `multiloss.engine.ops` -----------------------------
+# torch calls for float32 tensors, `keras.ops` for anything else: the same
+# result either way (Keras's torch backend makes these very calls once it
+# has converted and checked the arguments, which is what an eager step
+# pays for on the K numbers of a balancer's rule).
+
+
+def _float32(x):
+    return isinstance(x, torch.Tensor) and x.dtype is torch.float32
+
+
+def _unary(torch_fn, keras_fn):
+    def fn(x):
+        return torch_fn(x) if _float32(x) else keras_fn(x)
+
+    fn.__name__ = keras_fn.__name__
+    fn.__doc__ = f"`keras.ops.{keras_fn.__name__}`, a torch call for a float32 tensor."
+    return fn
+
+
+def _sum(x, axis=None, keepdims=False):
+    if not _float32(x) or (axis is None and keepdims) or axis == () or axis == []:
+        return ops.sum(x, axis=axis, keepdims=keepdims)
+    return torch.sum(x) if axis is None else torch.sum(x, dim=axis, keepdim=keepdims)
+
+
+def _axis_fn(torch_fn, keras_fn):
+    def fn(x, axis=-1):
+        return torch_fn(x, dim=axis) if _float32(x) and axis is not None else keras_fn(x, axis=axis)
+
+    fn.__name__ = keras_fn.__name__
+    fn.__doc__ = f"`keras.ops.{keras_fn.__name__}`, a torch call for a float32 tensor."
+    return fn
+
+
+def _concatenate(xs, axis=0):
+    if all(_float32(x) for x in xs):
+        return torch.cat(xs, dim=axis)
+    return ops.concatenate(xs, axis=axis)
+
+
+def _stop_gradient(x):
+    return x.detach() if isinstance(x, torch.Tensor) else ops.stop_gradient(x)
+
+
+def step_ops():
+    """The functions of `multiloss.engine.ops` on torch, by name."""
+    return {
+        "sum": _sum,
+        "log": _unary(torch.log, ops.log),
+        "exp": _unary(torch.exp, ops.exp),
+        "sqrt": _unary(torch.sqrt, ops.sqrt),
+        "abs": _unary(torch.abs, ops.abs),
+        "sign": _unary(torch.sign, ops.sign),
+        "relu": _unary(torch.relu, ops.relu),
+        "softmax": _axis_fn(torch.softmax, ops.softmax),
+        "log_softmax": _axis_fn(torch.log_softmax, ops.log_softmax),
+        "concatenate": _concatenate,
+        "stop_gradient": _stop_gradient,
+    }

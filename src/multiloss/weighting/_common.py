@@ -11,6 +11,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from multiloss.engine import ops as step_ops
+
 __all__ = [
     "LAYER_OPTIONS",
     "check_kwargs",
@@ -124,8 +126,8 @@ def positive_part(losses, floor):
 
     A loss at or below its floor contributes a constant (no gradient)."""
     if not isinstance(floor, np.ndarray) and floor == 0.0:
-        return ops.relu(losses)
-    return ops.relu(ops.subtract(losses, floor))
+        return step_ops.relu(losses)
+    return step_ops.relu(ops.subtract(losses, floor))
 
 
 def add_state(layer, name, value, shape=None, dtype="float32", trainable=False):

@@ -1,8 +1,8 @@
 """`Weighting`: balancers that weigh the task losses from their values."""
 
-from keras import ops
 
 from multiloss.balancer import Balancer
+from multiloss.engine import ops as step_ops
 
 __all__ = ["Weighting", "linearized_total"]
 
@@ -20,9 +20,11 @@ class Weighting(Balancer):
     """
 
     def combine(self, losses, training=True):
-        weighted = ops.multiply(losses, self.task_weights)
-        total, weights = self.balance(weighted, training=training)
-        return total, ops.multiply(weights, self.task_weights)
+        # `.value`: the tensor (a JAX step's stateless value) without a
+        # conversion call; Python operators for the same reason.
+        fixed = self.task_weights.value
+        total, weights = self.balance(losses * fixed, training=training)
+        return total, weights * fixed
 
     def balance(self, losses, training=True):
         """Returns `(total, weights)` for the (K,) weighted losses."""
@@ -39,5 +41,5 @@ def linearized_total(value, weights, losses):
     that of one weighted sum. `weights` must carry no gradient (computed
     from `stop_gradient(losses)` and state), as `value`.
     """
-    linear = ops.sum(weights * losses)
-    return linear + ops.stop_gradient(value - linear)
+    linear = step_ops.sum(weights * losses)
+    return linear + step_ops.stop_gradient(value - linear)

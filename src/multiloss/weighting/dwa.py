@@ -4,6 +4,7 @@ import numpy as np
 from keras import ops
 
 from multiloss.balancer import register
+from multiloss.engine import ops as step_ops
 from multiloss.weighting._common import add_state, check_float, check_kwargs
 from multiloss.weighting.base import Weighting
 
@@ -82,12 +83,12 @@ class DWA(Weighting):
         return super().combine(losses, training=training)
 
     def _observe(self, losses):
-        self.epoch_loss_sum.assign_add(ops.stop_gradient(losses))
+        self.epoch_loss_sum.assign_add(step_ops.stop_gradient(losses))
         self.epoch_steps.assign_add(1.0)
 
     def balance(self, losses, training=True):
-        weights = ops.convert_to_tensor(self.dwa_weights)
-        return ops.sum(ops.multiply(weights, losses)), weights
+        weights = self.dwa_weights.value
+        return step_ops.sum(weights * losses), weights
 
     def on_epoch_end(self, epoch, logs=None):
         self._sync_state()

@@ -4,6 +4,7 @@ import numpy as np
 from keras import ops
 
 from multiloss.balancer import register
+from multiloss.engine import ops as step_ops
 from multiloss.weighting._common import (
     add_state,
     check_float,
@@ -153,18 +154,18 @@ class FAMO(Weighting):
     def _rule(self, losses, fixed, training):
         # The weights are the total's exact partial derivatives (C is a
         # constant): compute on the values, differentiate one weighted sum.
-        shifted = positive_part(ops.stop_gradient(losses), self._floor)
+        shifted = positive_part(step_ops.stop_gradient(losses), self._floor)
         d = shifted + self._epsilon
-        log_d = ops.log(d)
-        z = self._update(log_d) if training else ops.softmax(self.logits)
+        log_d = step_ops.log(d)
+        z = self._update(log_d) if training else step_ops.softmax(self.logits)
         cz = fixed * z
         ratio = cz / d
         # C > 0 unless every fixed weight is 0; the tiny term keeps 0/0 out.
-        c = ops.sum(ratio) + self._tiny
+        c = step_ops.sum(ratio) + self._tiny
         # A clamped task (shifted = 0: at or below its floor) gets weight 0,
         # masked in the numerator (no inf * 0, whatever epsilon).
-        weights = ratio * ops.sign(shifted) / c
-        return linearized_total(ops.sum(cz * log_d) / c, weights, losses), weights
+        weights = ratio * step_ops.sign(shifted) / c
+        return linearized_total(step_ops.sum(cz * log_d) / c, weights, losses), weights
 
     def _update(self, log_d):
         """One Adam step of the logits from the previous step's losses to
@@ -183,16 +184,16 @@ class FAMO(Weighting):
         logits, z, previous = state[0], state[1], state[2]
         moments, norms = state[3:5], state[5:8]
         zd = z * (previous - log_d)
-        grad = zd - z * ops.sum(zd)
+        grad = zd - z * step_ops.sum(zd)
         if self.gamma:
             grad = grad + self._gamma * logits
         moments = moments * self._moment_decay + grad ** self._moment_powers
         unbiased = moments / norms[:2]
         # unbiased[0] is w_lr m_hat: its normaliser is N_1 / w_lr.
         logits = logits - unbiased[0] / (unbiased[1] ** 0.5 + self._adam_epsilon)
-        z = ops.softmax(logits)
+        z = step_ops.softmax(logits)
         norms = norms * self._norm_decay + self._norm_increment
-        self.state.assign(ops.concatenate([logits[None], z[None], log_d[None], moments, norms]))
+        self.state.assign(step_ops.concatenate([logits[None], z[None], log_d[None], moments, norms]))
         return z
 
     def get_config(self):

@@ -3,6 +3,7 @@
 from keras import ops
 
 from multiloss.balancer import register
+from multiloss.engine import ops as step_ops
 from multiloss.weighting._common import (
     check_float,
     check_kwargs,
@@ -79,20 +80,20 @@ class GeometricMean(Weighting):
         )
 
     def combine(self, losses, training=True):
-        return self._rule(losses, ops.convert_to_tensor(self.task_weights))
+        return self._rule(losses, self.task_weights.value)
 
     def balance(self, losses, training=True):
         return self._rule(losses, ops.ones_like(losses))
 
     def _rule(self, losses, fixed):
         shifted = positive_part(losses, self._floor)
-        d = ops.add(shifted, self.epsilon)
+        d = shifted + self.epsilon
         # sum(c) > 0 unless every fixed weight is 0; the tiny term keeps 0/0 out.
-        norm = ops.add(ops.sum(fixed), 1e-30)
-        total = ops.exp(ops.divide(ops.sum(ops.multiply(fixed, ops.log(d))), norm))
-        weights = ops.divide(ops.multiply(ops.stop_gradient(total), fixed), ops.multiply(norm, d))
+        norm = step_ops.sum(fixed) + 1e-30
+        total = step_ops.exp(step_ops.sum(fixed * step_ops.log(d)) / norm)
+        weights = step_ops.stop_gradient(total) * fixed / (norm * d)
         # sign(shifted) is 1 for an active task, 0 for a clamped one.
-        return total, ops.stop_gradient(ops.multiply(weights, ops.sign(shifted)))
+        return total, step_ops.stop_gradient(weights * step_ops.sign(shifted))
 
     def get_config(self):
         return {

@@ -3,6 +3,7 @@
 from keras import ops
 
 from multiloss.balancer import register
+from multiloss.engine import ops as step_ops
 from multiloss.weighting._common import add_state, check_float, check_kwargs
 from multiloss.weighting.base import Weighting
 
@@ -65,16 +66,15 @@ class IMTLL(Weighting):
         )
 
     def combine(self, losses, training=True):
-        return self._rule(losses, ops.convert_to_tensor(self.task_weights))
+        return self._rule(losses, self.task_weights.value)
 
     def balance(self, losses, training=True):
         return self._rule(losses, ops.ones_like(losses))
 
     def _rule(self, losses, fixed):
-        s = ops.convert_to_tensor(self.log_scale)
-        scale = ops.exp(s)
-        terms = ops.subtract(ops.multiply(scale, losses), s)
-        return ops.sum(ops.multiply(fixed, terms)), ops.multiply(fixed, scale)
+        s = self.log_scale.value
+        scale = step_ops.exp(s)
+        return step_ops.sum(fixed * (scale * losses - s)), fixed * scale
 
     def get_config(self):
         return {**super().get_config(), "initial_log_scale": self.initial_log_scale}

@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 from multiloss.balancer import register
+from multiloss.engine import ops as step_ops
 from multiloss.weighting._common import add_state, check_float, check_kwargs
 from multiloss.weighting.base import Weighting
 
@@ -122,8 +123,8 @@ class MetricDriven(Weighting):
         self.metric_weights = add_state(self, "metric_weights", 1.0, (input_shape[0],))
 
     def balance(self, losses, training=True):
-        weights = ops.convert_to_tensor(self.metric_weights)
-        return ops.sum(ops.multiply(weights, losses)), weights
+        weights = self.metric_weights.value
+        return step_ops.sum(weights * losses), weights
 
     def _names(self):
         if self.task_names is not None:

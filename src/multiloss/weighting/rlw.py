@@ -7,6 +7,7 @@ import numpy as np
 from keras import ops
 
 from multiloss.balancer import register
+from multiloss.engine import ops as step_ops
 from multiloss.weighting._common import add_state, check_kwargs
 from multiloss.weighting.base import Weighting
 
@@ -92,7 +93,7 @@ class RLW(Weighting):
     def balance(self, losses, training=True):
         if training:
             # Before the assignment below, which torch makes in place.
-            weights = ops.softmax(self.draw.value)
+            weights = step_ops.softmax(self.draw.value)
             # What `seed_generator.next()` does, in three operations instead of
             # five (a tensor built from numpy at every call): 23 -> 8 us a draw
             # on torch, where each op of a step is paid in Python.
@@ -102,7 +103,7 @@ class RLW(Weighting):
             self.draw.assign(keras.random.normal(ops.shape(losses), seed=_DrawnSeed(seed)))
         else:
             weights = ops.full_like(losses, 1.0 / losses.shape[0])
-        return ops.sum(weights * losses), weights
+        return step_ops.sum(weights * losses), weights
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}

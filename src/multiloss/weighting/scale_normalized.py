@@ -3,6 +3,7 @@
 from keras import ops
 
 from multiloss.balancer import register
+from multiloss.engine import ops as step_ops
 from multiloss.weighting._common import (
     add_state,
     check_float,
@@ -78,31 +79,31 @@ class ScaleNormalized(Weighting):
         self.steps = add_state(self, "steps", 0, (), dtype="int32")
 
     def combine(self, losses, training=True):
-        return self._rule(losses, ops.convert_to_tensor(self.task_weights), training)
+        return self._rule(losses, self.task_weights.value, training)
 
     def balance(self, losses, training=True):
         return self._rule(losses, ops.ones_like(losses), training)
 
     def _rule(self, losses, fixed, training):
-        observed = ops.stop_gradient(losses)
-        steps = ops.convert_to_tensor(self.steps)
-        mean = ops.convert_to_tensor(self.running_mean)
+        # `.value` and Python operators: no conversion call per operation
+        # (what an eager step pays for most on K numbers).
+        observed = step_ops.stop_gradient(losses)
+        steps = self.steps.value
+        mean = self.running_mean.value
         if training:
-            steps = ops.add(steps, 1)
-            t = ops.cast(steps, "float32")
+            steps = steps + 1
             rate = ops.where(
-                ops.less_equal(steps, self.warmup_steps),
-                ops.divide(1.0, t),
+                steps <= self.warmup_steps,
+                1.0 / ops.cast(steps, "float32"),
                 1.0 - self.decay,
             )
-            mean = ops.add(mean, ops.multiply(rate, ops.subtract(observed, mean)))
+            mean = mean + rate * (observed - mean)
             self.running_mean.assign(mean)
             self.steps.assign(steps)
         else:
-            mean = ops.where(ops.greater(steps, 0), mean, observed)
-        weights = ops.divide(1.0, ops.add(ops.abs(mean), self.epsilon))
-        weights = ops.multiply(fixed, weights)
-        return ops.sum(ops.multiply(weights, losses)), weights
+            mean = ops.where(steps > 0, mean, observed)
+        weights = fixed / (step_ops.abs(mean) + self.epsilon)
+        return step_ops.sum(weights * losses), weights
 
     def get_config(self):
         return {

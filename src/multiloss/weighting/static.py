@@ -3,6 +3,7 @@
 from keras import ops
 
 from multiloss.balancer import register
+from multiloss.engine import ops as step_ops
 from multiloss.weighting.base import Weighting
 
 __all__ = ["Static"]
@@ -32,5 +33,11 @@ class Static(Weighting):
     def step_variables(self):
         return []  # the weights change between steps only
 
+    def combine(self, losses, training=True):
+        fixed = self.task_weights.value
+        # `+ 0.0`: a tensor of its own, not torch's Variable storage, which a
+        # later `assign` would change under the caller.
+        return step_ops.sum(losses * fixed), fixed + 0.0
+
     def balance(self, losses, training=True):
-        return ops.sum(losses), ops.ones_like(losses)
+        return step_ops.sum(losses), ops.ones_like(losses)

@@ -4,6 +4,7 @@ import numpy as np
 from keras import ops
 
 from multiloss.balancer import register
+from multiloss.engine import ops as step_ops
 from multiloss.weighting._common import (
     add_state,
     check_float,
@@ -168,7 +169,7 @@ class STCH(Weighting):
         # The weights are the total's exact partial derivatives in either
         # phase: computed on the values, they weigh one sum whose gradient
         # is theirs (`losses - values` is 0 with the losses' gradient).
-        values = ops.stop_gradient(losses)
+        values = step_ops.stop_gradient(losses)
         shifted = positive_part(values, self._floor)
         # `.value`: the tensor (or a JAX step's stateless value) without a
         # conversion call.
@@ -182,21 +183,21 @@ class STCH(Weighting):
         # so that log(D scale + eps) is then the warm-up's log(D + eps).
         scale = self.scale.value
         ratio = shifted * scale + self._epsilon
-        scaled = fixed * ops.log(ratio)
+        scaled = fixed * step_ops.log(ratio)
         smooth = scaled / self.mu if self.mu != 1.0 else scaled
         warm = phase[2]
-        log_p = ops.log_softmax(smooth)
-        p = ops.exp(log_p)
+        log_p = step_ops.log_softmax(smooth)
+        p = step_ops.exp(log_p)
         share = phase[1] * p + warm
         # d/dD log(D scale + eps) = scale / ratio. A clamped task (at or
         # below its floor) gets weight 0, masked in the numerator (no
         # inf * 0).
-        weights = fixed * share * ops.sign(shifted) * scale / ratio
+        weights = fixed * share * step_ops.sign(shifted) * scale / ratio
         # logsumexp(smooth) = smooth_k - log p_k for every k; their average
         # under p (exact where p is large, no cancellation where it is
         # small) saves a logsumexp, which costs as much as the rest of the
         # rule in an eager step.
-        return ops.sum(
+        return step_ops.sum(
             phase[3] * p * (smooth - log_p) + warm * scaled + weights * (losses - values)
         ), weights
 

@@ -3,6 +3,7 @@
 from keras import ops
 
 from multiloss.balancer import register
+from multiloss.engine import ops as step_ops
 from multiloss.weighting._common import (
     add_state,
     check_choice,
@@ -81,19 +82,18 @@ class Uncertainty(Weighting):
         )
 
     def combine(self, losses, training=True):
-        return self._rule(losses, ops.convert_to_tensor(self.task_weights))
+        return self._rule(losses, self.task_weights.value)
 
     def balance(self, losses, training=True):
         return self._rule(losses, ops.ones_like(losses))
 
     def _rule(self, losses, fixed):
-        s = ops.convert_to_tensor(self.log_variance)
-        precision = ops.exp(ops.negative(s))
-        half = 0.5 if self.variant == "regression" else 1.0
-        terms = ops.add(ops.multiply(precision, losses), s)
-        total = ops.multiply(ops.sum(ops.multiply(fixed, terms)), half)
-        weights = ops.multiply(ops.multiply(fixed, precision), half)
-        return total, weights
+        s = self.log_variance.value
+        precision = step_ops.exp(-s)
+        terms = precision * losses + s
+        if self.variant == "regression":
+            return step_ops.sum(fixed * terms) * 0.5, fixed * precision * 0.5
+        return step_ops.sum(fixed * terms), fixed * precision
 
     def get_config(self):
         return {

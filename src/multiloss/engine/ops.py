@@ -1,0 +1,51 @@
+"""The operations a balancer's rule runs at every training step: those of
+`keras.ops`, with the same arguments and results, cheap in an eager step.
+
+TensorFlow and JAX trace a step once, so what `keras.ops` does in Python
+around each operation (convert and check the arguments, standardise
+dtypes) is paid once; there these are `keras.ops`'s own functions. torch
+runs every step eagerly, and on the K numbers a balancer handles that work
+costs more than the operations: FAMO's rule took 157 us through
+`keras.ops` and 83 us in the same torch calls (2 cores, K=2). There each
+function calls torch directly when its tensor arguments are float32 and
+`keras.ops` otherwise (`multiloss.engine.torch.step_ops`).
+
+Balancers stay backend-free: they call `multiloss.engine.ops` for these
+functions and `keras.ops` for the rest.
+
+Example:
+
+```python
+import keras
+from multiloss.engine import ops as step_ops
+x = keras.ops.array([1.0, 2.0])
+print(keras.ops.convert_to_numpy(step_ops.softmax(step_ops.log(x))))  # [1/3, 2/3]
+```
+"""
+
+import keras
+from keras import ops as _keras_ops
+
+__all__ = [
+    "sum", "log", "exp", "sqrt", "abs", "sign", "relu", "softmax", "log_softmax",
+    "concatenate", "stop_gradient",
+]
+
+if keras.backend.backend() == "torch":
+    from multiloss.engine.torch import step_ops as _step_ops
+
+    _functions = _step_ops()
+else:
+    _functions = {name: getattr(_keras_ops, name) for name in __all__}
+
+sum = _functions["sum"]
+log = _functions["log"]
+exp = _functions["exp"]
+sqrt = _functions["sqrt"]
+abs = _functions["abs"]
+sign = _functions["sign"]
+relu = _functions["relu"]
+softmax = _functions["softmax"]
+log_softmax = _functions["log_softmax"]
+concatenate = _functions["concatenate"]
+stop_gradient = _functions["stop_gradient"]

@@ -1,0 +1,116 @@
+"""`multiloss.engine.ops` gives `keras.ops`'s results: the same values and
+dtypes for float32 tensors (torch's direct calls) and for every other
+argument (`keras.ops` itself)."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from conftest import BACKEND
+from multiloss.engine import ops as step_ops
+
+UNARY = ("log", "exp", "sqrt", "abs", "sign", "relu", "softmax", "log_softmax", "stop_gradient")
+
+
+def _inputs():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(3, 4)).astype("float32")
+    values[0, 0] = 0.0
+    return {
+        "float32 tensor": ops.convert_to_tensor(values),
+        "float32 vector": ops.convert_to_tensor(values[1]),
+        "float16 tensor": ops.convert_to_tensor(values, "float16"),
+        "int32 tensor": ops.convert_to_tensor(np.arange(-3, 5, dtype="int32")),
+        "float64 numpy": values.astype("float64"),
+        "python list": [0.5, 2.0, 3.0],
+        "variable": keras.Variable(values),
+    }
+
+
+def _same(function, *args, **kwargs):
+    """`step_ops.function` gives what `keras.ops.function` gives, or raises
+    what it raises."""
+    try:
+        expected = getattr(ops, function)(*args, **kwargs)
+    except Exception as error:
+        with pytest.raises(type(error)):
+            getattr(step_ops, function)(*args, **kwargs)
+        return
+    actual = getattr(step_ops, function)(*args, **kwargs)
+    actual, expected = ops.convert_to_tensor(actual), ops.convert_to_tensor(expected)
+    assert keras.backend.standardize_dtype(actual.dtype) == keras.backend.standardize_dtype(
+        expected.dtype
+    )
+    assert tuple(actual.shape) == tuple(expected.shape)
+    np.testing.assert_array_equal(ops.convert_to_numpy(actual), ops.convert_to_numpy(expected))
+
+
+@pytest.mark.parametrize("name", UNARY)
+@pytest.mark.parametrize("kind", list(_inputs()))
+def test_unary_ops_equal_keras_ops(name, kind):
+    x = _inputs()[kind]
+    if name in ("log", "sqrt"):
+        x = ops.abs(ops.convert_to_tensor(x)) + 1 if kind != "variable" else x
+    _same(name, x)
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, -1])
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("kind", ["float32 tensor", "int32 tensor", "float64 numpy"])
+def test_sum_equals_keras_sum(axis, keepdims, kind):
+    x = _inputs()[kind]
+    if kind == "int32 tensor" and axis == 1:
+        axis = 0
+    _same("sum", x, axis=axis, keepdims=keepdims)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_softmax_axis_equals_keras(axis):
+    x = _inputs()["float32 tensor"]
+    _same("softmax", x, axis=axis)
+    _same("log_softmax", x, axis=axis)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ["float32 vector", "float32 vector"],
+        ["float32 vector", "int32 tensor"],
+        ["float32 vector", "float16 tensor"],
+        ["python list", "float32 vector"],
+    ],
+)
+def test_concatenate_equals_keras(parts):
+    inputs = _inputs()
+    xs = [inputs[p] if p != "float16 tensor" else ops.reshape(inputs[p], (-1,)) for p in parts]
+    _same("concatenate", xs)
+    rows = [ops.reshape(ops.convert_to_tensor(x), (1, -1))[:, :3] for x in xs]
+    _same("concatenate", rows, axis=1)
+
+
+def _gradient(fn, x):
+    """d sum(fn(x)) / dx, the backend's way."""
+    if BACKEND == "jax":
+        import jax
+
+        return jax.grad(lambda v: ops.sum(fn(v)))(x)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.Variable(x)
+        with tf.GradientTape() as tape:
+            total = ops.sum(fn(x))
+        return tape.gradient(total, x)
+    import torch
+
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(ops.sum(fn(x)), x)
+    return grad
+
+
+def test_stop_gradient_stops_the_gradient():
+    x = _inputs()["float32 vector"]
+    # d/dx sum(stop(x) * x) = x; without the stop it would be 2x.
+    grad = _gradient(lambda v: step_ops.stop_gradient(v) * v, x)
+    np.testing.assert_allclose(ops.convert_to_numpy(grad), ops.convert_to_numpy(x), rtol=1e-6)
