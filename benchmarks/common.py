@@ -8,6 +8,7 @@ alike; ratios are taken between medians of the same run.
 
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -121,6 +122,43 @@ def summarize(samples, baseline):
         name: {"median_ms": statistics.median(values), "ratio": statistics.median(values) / base}
         for name, values in samples.items()
     }
+
+
+def paired_ratios(rounds, baseline, confidence=0.9):
+    """The median over rounds of each variant's time over the baseline's
+    in the same round, with a distribution-free confidence interval of that
+    median (order statistics of the ratios; binomial coverage >= confidence).
+
+    A ratio within one round compares two variants timed minutes apart at
+    most, so a change of the machine's load between rounds, which moves a
+    ratio of pooled medians, cancels out.
+
+    Args:
+        rounds: {variant: [one time per round]}, every list in round order.
+        baseline: the variant the others are divided by.
+    """
+    base = rounds[baseline]
+    n = len(base)
+    # The widest j with P(Binomial(n, 1/2) < j) <= (1 - confidence) / 2:
+    # the interval [r_(j), r_(n + 1 - j)] covers the median with
+    # probability >= confidence.
+    tail, j = 0.0, 0
+    while j < n // 2:
+        tail += math.comb(n, j) / 2**n
+        if tail > (1 - confidence) / 2:
+            break
+        j += 1
+    result = {}
+    for name, values in rounds.items():
+        ratios = sorted(v / b for v, b in zip(values, base))
+        low, high = (ratios[j - 1], ratios[n - j]) if j > 0 else (ratios[0], ratios[-1])
+        result[name] = {
+            "median_ms": statistics.median(values),
+            "ratio": statistics.median(ratios),
+            "low": low,
+            "high": high,
+        }
+    return result
 
 
 def run_per_backend(script, args, backends=BACKENDS):

@@ -16,6 +16,7 @@ per step and the ratio of medians to Static.
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -134,6 +135,7 @@ def time_steps(models, x, y, batch_size=256, rounds=15, restart=False):
     restarts = {name: common.restarter(model) for name, model in models.items()} if restart else {}
     epoch = {name: [] for name in models}
     step = {name: [] for name in models}
+    step_rounds = {name: [] for name in models}
     cpu = {name: [] for name in models}
     names = list(models)
     for r in range(rounds):
@@ -148,8 +150,10 @@ def time_steps(models, x, y, batch_size=256, rounds=15, restart=False):
             )
             epoch[name].append(1000 * (time.perf_counter() - start) / steps)
             cpu[name].append(1000 * (time.process_time() - start_cpu) / steps)
-            step[name].extend(1000 * (b - a) for a, b in zip(timer.ends, timer.ends[1:]))
-    return {"step": step, "epoch": epoch, "cpu": cpu}
+            intervals = [1000 * (b - a) for a, b in zip(timer.ends, timer.ends[1:])]
+            step[name].extend(intervals)
+            step_rounds[name].append(statistics.median(intervals))
+    return {"step": step, "epoch": epoch, "cpu": cpu}, step_rounds
 
 
 def worker(args):
@@ -166,16 +170,19 @@ def worker(args):
             model.compile(keras.optimizers.Adam(1e-3), loss="mse", balancer=_balancer(name))
             models[name] = model
         restart = not args.continue_training
-        samples = time_steps(models, x, y, rounds=args.rounds, restart=restart)
+        samples, step_rounds = time_steps(models, x, y, rounds=args.rounds, restart=restart)
+        paired = {"step_paired": common.paired_ratios(step_rounds, baseline="static")}
         if args.fit_steps:
             # As overhead.py times a step: no callback, no sync per batch.
             x_fit, y_fit = common.regression_data(k, steps=args.fit_steps)
             samples["fit"] = common.time_fit_steps(
                 models, x_fit, y_fit, rounds=args.fit_rounds, restart=restart
             )
+            paired["fit_paired"] = common.paired_ratios(samples["fit"], baseline="static")
         results[str(k)] = {
             kind: common.summarize(values, baseline="static") for kind, values in samples.items()
         }
+        results[str(k)].update(paired)
         base_q25 = _quantile(samples["step"]["static"], 0.25)
         results[str(k)]["step_q25"] = {
             name: {"median_ms": _quantile(v, 0.25), "ratio": _quantile(v, 0.25) / base_q25}
@@ -217,10 +224,17 @@ def _quantile(values, q):
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+def _cell(entry):
+    if "low" in entry:
+        return f"{entry['ratio']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
+    return f"{entry['median_ms']:.2f} ({entry['ratio']:.3f})"
+
+
 def table(results, args):
-    kinds = (("fit", "fit step"),) if args.fit_steps else ()
+    kinds = (("fit", "fit step"), ("fit_paired", "fit step, paired")) if args.fit_steps else ()
     kinds += (
         ("step", "step median"),
+        ("step_paired", "step, paired"),
         ("step_q25", "step q25"),
         ("cpu", "CPU/step"),
         ("epoch", "epoch/steps"),
@@ -237,6 +251,11 @@ def table(results, args):
            f"rounds of a {args.fit_steps}-step and a {args.fit_steps // 4}-step `fit` per "
            "method, no callback: the difference of their times over the difference of "
            "their steps);"] if args.fit_steps else []),
+        "- fit step, paired / step, paired: per round, the method's figure over "
+        "`static`'s of the same round (its median interval for `step`); the median "
+        "of those ratios over the rounds and, in brackets, a 90% confidence interval "
+        "of that median (order statistics): a change of the machine's load between "
+        "rounds cancels out;",
         "- step median / step q25: the median / lower quartile of the intervals "
         "between consecutive batch ends (a callback syncs each step, JAX "
         "included); moments when another process holds the CPU land in the "
@@ -260,10 +279,7 @@ def table(results, args):
                 "|---|" + "---|" * len(kinds),
             ]
             for name in args.methods:
-                cells = [
-                    f"{per_kind[kind][name]['median_ms']:.2f} ({per_kind[kind][name]['ratio']:.3f})"
-                    for kind, _ in kinds
-                ]
+                cells = [_cell(per_kind[kind][name]) for kind, _ in kinds]
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

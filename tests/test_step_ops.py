@@ -37,7 +37,10 @@ def _same(function, *args, **kwargs):
         with pytest.raises(type(error)):
             getattr(step_ops, function)(*args, **kwargs)
         return
-    actual = getattr(step_ops, function)(*args, **kwargs)
+    _same_value(getattr(step_ops, function)(*args, **kwargs), expected)
+
+
+def _same_value(actual, expected):
     actual, expected = ops.convert_to_tensor(actual), ops.convert_to_tensor(expected)
     assert keras.backend.standardize_dtype(actual.dtype) == keras.backend.standardize_dtype(
         expected.dtype
@@ -114,3 +117,46 @@ def test_stop_gradient_stops_the_gradient():
     # d/dx sum(stop(x) * x) = x; without the stop it would be 2x.
     grad = _gradient(lambda v: step_ops.stop_gradient(v) * v, x)
     np.testing.assert_allclose(ops.convert_to_numpy(grad), ops.convert_to_numpy(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+@pytest.mark.parametrize("kind", ["float32 tensor", "int32 tensor", "float16 tensor"])
+def test_stack_equals_keras(axis, kind):
+    x = ops.convert_to_tensor(_inputs()[kind])
+    if len(x.shape) == 1:
+        x = ops.reshape(x, (2, -1))
+    _same("stack", [x, x * 2], axis=axis)
+    _same("stack", [x, ops.cast(x, "float32")], axis=axis)
+
+
+@pytest.mark.parametrize("kind", ["float32 tensor", "float16 tensor", "float64 numpy"])
+def test_assign_equals_keras_assign(kind):
+    value = _inputs()[kind]
+    ours = keras.Variable(np.zeros((3, 4), "float32"))
+    theirs = keras.Variable(np.zeros((3, 4), "float32"))
+    step_ops.assign(ours, value)
+    theirs.assign(value)
+    _same_value(ours.value, theirs.value)
+    counter = keras.Variable(0, dtype="int32", trainable=False)
+    expected = keras.Variable(0, dtype="int32", trainable=False)
+    step_ops.assign(counter, ops.convert_to_tensor(2.7))
+    expected.assign(ops.convert_to_tensor(2.7))
+    _same_value(counter.value, expected.value)
+
+
+def test_assign_of_another_shape_raises_and_changes_nothing():
+    variable = keras.Variable(np.ones((2,), "float32"))
+    with pytest.raises(ValueError, match="shape"):
+        step_ops.assign(variable, ops.zeros((3,)))
+    with pytest.raises(ValueError, match="shape"):
+        step_ops.assign(variable, ops.zeros((1,)))  # torch's copy_ would broadcast it
+    np.testing.assert_array_equal(ops.convert_to_numpy(variable), [1.0, 1.0])
+
+
+def test_assign_in_a_stateless_scope_is_recorded_not_made():
+    variable = keras.Variable(np.ones((2,), "float32"))
+    with keras.StatelessScope() as scope:
+        step_ops.assign(variable, ops.convert_to_tensor([5.0, 6.0]))
+        recorded = scope.get_current_value(variable)
+    np.testing.assert_array_equal(ops.convert_to_numpy(recorded), [5.0, 6.0])
+    np.testing.assert_array_equal(ops.convert_to_numpy(variable), [1.0, 1.0])

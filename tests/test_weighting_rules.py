@@ -119,6 +119,17 @@ def test_geometric_mean_is_finite_for_100_tasks_of_extreme_scales():
     np.testing.assert_allclose(weights, expected / (100 * shifted), rtol=1e-4)
 
 
+def test_geometric_mean_with_every_task_switched_off_gives_zero_weights_when_compiled():
+    # With every fixed weight 0 the norm is the tiny term alone; its product
+    # with a loss at the floor (1e-30 * 1e-12) is a denormal, which a
+    # compiled step (XLA, TensorFlow) flushes to 0, and 0 / 0 is NaN.
+    balancer = _built(W.GeometricMean(epsilon=1e-12), 2, [0.0, 0.0])
+    combine = multiloss.engine.jit(lambda losses: balancer.combine(losses))
+    total, weights = combine(keras.ops.array([0.0, 2.0]))
+    assert float(_np(total)) == 1.0  # exp(0 / tiny): no task, no total but 1
+    np.testing.assert_array_equal(_np(weights), [0.0, 0.0])
+
+
 # -- Bad input of the log-based methods ---------------------------------------
 
 

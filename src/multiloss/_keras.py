@@ -6,6 +6,7 @@ the only module to change. Each is used the way Keras's own trainers use it.
 
 import keras
 from keras.src.backend import compute_output_spec
+from keras.src.backend.common.stateless_scope import in_stateless_scope
 from keras.src.losses.loss import unscale_loss_for_distribution
 from keras.src.losses.losses import LossFunctionWrapper
 from keras.src.models import model as _model_module
@@ -17,6 +18,7 @@ __all__ = [
     "functional_init_arguments",
     "init_functional",
     "compute_output_spec",
+    "in_stateless_scope",
     "LossFunctionWrapper",
     "unscale_loss_for_distribution",
     "first_batch",

@@ -11,6 +11,7 @@ import torch
 from keras import ops
 from keras.utils import unpack_x_y_sample_weight
 
+from multiloss import _keras
 from multiloss.engine import common
 from multiloss.logs import lazy_log_entries
 
@@ -298,8 +299,30 @@ def _concatenate(xs, axis=0):
     return ops.concatenate(xs, axis=axis)
 
 
+def _stack(xs, axis=0):
+    if all(_float32(x) for x in xs):
+        return torch.stack(xs, dim=axis)
+    return ops.stack(xs, axis=axis)
+
+
 def _stop_gradient(x):
     return x.detach() if isinstance(x, torch.Tensor) else ops.stop_gradient(x)
+
+
+def _assign(variable, value):
+    # What Keras's torch Variable does once it has converted and checked the
+    # value (8.8 us in all; the copy itself 0.3). A JAX-style stateless call
+    # records the assignment instead: Keras's own path.
+    if (
+        _float32(value)
+        and variable.dtype == "float32"
+        and value.shape == variable.shape
+        and not _keras.in_stateless_scope()
+    ):
+        with torch.no_grad():
+            variable.value.copy_(value)
+        return value
+    return variable.assign(value)
 
 
 def step_ops():
@@ -315,5 +338,7 @@ def step_ops():
         "softmax": _axis_fn(torch.softmax, ops.softmax),
         "log_softmax": _axis_fn(torch.log_softmax, ops.log_softmax),
         "concatenate": _concatenate,
+        "stack": _stack,
+        "assign": _assign,
         "stop_gradient": _stop_gradient,
     }

@@ -190,10 +190,12 @@ class FAMO(Weighting):
         moments = moments * self._moment_decay + grad ** self._moment_powers
         unbiased = moments / norms[:2]
         # unbiased[0] is w_lr m_hat: its normaliser is N_1 / w_lr.
-        logits = logits - unbiased[0] / (unbiased[1] ** 0.5 + self._adam_epsilon)
+        logits = logits - unbiased[0] / (step_ops.sqrt(unbiased[1]) + self._adam_epsilon)
         z = step_ops.softmax(logits)
         norms = norms * self._norm_decay + self._norm_increment
-        self.state.assign(step_ops.concatenate([logits[None], z[None], log_d[None], moments, norms]))
+        step_ops.assign(
+            self.state, step_ops.concatenate([step_ops.stack([logits, z, log_d]), moments, norms])
+        )
         return z
 
     def get_config(self):

@@ -88,10 +88,13 @@ class GeometricMean(Weighting):
     def _rule(self, losses, fixed):
         shifted = positive_part(losses, self._floor)
         d = shifted + self.epsilon
-        # sum(c) > 0 unless every fixed weight is 0; the tiny term keeps 0/0 out.
-        norm = step_ops.sum(fixed) + 1e-30
-        total = step_ops.exp(step_ops.sum(fixed * step_ops.log(d)) / norm)
-        weights = step_ops.stop_gradient(total) * fixed / (norm * d)
+        # sum(c) > 0 unless every fixed weight is 0; the tiny term keeps 0/0
+        # out. The exponents c / sum(c) come first: a product of the tiny
+        # norm with a small D (1e-30 * 1e-12) is a denormal, which compiled
+        # code flushes to 0 (then 0 / 0 where every c is 0).
+        exponents = fixed / (step_ops.sum(fixed) + 1e-30)
+        total = step_ops.exp(step_ops.sum(exponents * step_ops.log(d)))
+        weights = step_ops.stop_gradient(total) * exponents / d
         # sign(shifted) is 1 for an active task, 0 for a clamped one.
         return total, step_ops.stop_gradient(weights * step_ops.sign(shifted))
 

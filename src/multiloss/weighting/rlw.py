@@ -100,7 +100,9 @@ class RLW(Weighting):
             state = self.seed_generator.state
             seed = state.value * 1
             state.assign(seed + self._seed_increment)
-            self.draw.assign(keras.random.normal(ops.shape(losses), seed=_DrawnSeed(seed)))
+            step_ops.assign(
+                self.draw, keras.random.normal(ops.shape(losses), seed=_DrawnSeed(seed))
+            )
         else:
             weights = ops.full_like(losses, 1.0 / losses.shape[0])
         return step_ops.sum(weights * losses), weights

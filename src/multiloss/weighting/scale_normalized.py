@@ -98,7 +98,7 @@ class ScaleNormalized(Weighting):
                 1.0 - self.decay,
             )
             mean = mean + rate * (observed - mean)
-            self.running_mean.assign(mean)
+            step_ops.assign(self.running_mean, mean)
             self.steps.assign(steps)
         else:
             mean = ops.where(steps > 0, mean, observed)
