@@ -4,7 +4,9 @@ Foundation benchmark model (MLP 64->256->256 with K Dense(1) heads), batch
 
 All variants of one K are timed in the same process, interleaved (every
 variant once per round, in rotating order); the table gives the median ms
-per step and the ratio of medians to Static.
+per step and the ratio of medians to Static, and the paired columns the
+median over rounds of each round's ratio to Static, with a 90% confidence
+interval of it (`common.paired_ratios`).
 
     python benchmarks/weighting_overhead.py                 # all three backends
     python benchmarks/weighting_overhead.py --rounds 21 --out benchmarks/results/weighting_overhead.md
