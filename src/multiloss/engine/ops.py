@@ -44,16 +44,7 @@ else:
     _functions = {name: getattr(_keras_ops, name) for name in __all__ if name != "assign"}
     _functions["assign"] = _assign
 
-sum = _functions["sum"]
-log = _functions["log"]
-exp = _functions["exp"]
-sqrt = _functions["sqrt"]
-abs = _functions["abs"]
-sign = _functions["sign"]
-relu = _functions["relu"]
-softmax = _functions["softmax"]
-log_softmax = _functions["log_softmax"]
-concatenate = _functions["concatenate"]
-stack = _functions["stack"]
-stop_gradient = _functions["stop_gradient"]
-assign = _functions["assign"]
+(
+    sum, log, exp, sqrt, abs, sign, relu, softmax, log_softmax,
+    concatenate, stack, stop_gradient, assign,
+) = (_functions[name] for name in __all__)

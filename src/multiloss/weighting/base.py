@@ -1,6 +1,5 @@
 """`Weighting`: balancers that weigh the task losses from their values."""
 
-
 from multiloss.balancer import Balancer
 from multiloss.engine import ops as step_ops
 
