@@ -19,9 +19,9 @@ BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 def _docstrings():
     for info in pkgutil.walk_packages(multiloss.__path__, "multiloss."):
-        if info.name.split(".")[-1].startswith("_") or ".engine." in info.name and not info.name.endswith(
-            BACKEND
-        ):
+        last = info.name.split(".")[-1]
+        # An engine module of another backend does not import here.
+        if last.startswith("_") or ".engine." in info.name and last in FRAMEWORKS and last != BACKEND:
             continue
         module = importlib.import_module(info.name)
         yield info.name, module.__doc__
