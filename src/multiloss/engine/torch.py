@@ -269,12 +269,26 @@ def _float32(x):
     return isinstance(x, torch.Tensor) and x.dtype is torch.float32
 
 
-def _unary(torch_fn, keras_fn):
-    def fn(x):
-        return torch_fn(x) if _float32(x) else keras_fn(x)
+def _fast(torch_fn, keras_fn, takes="tensor"):
+    """`keras_fn`, calling `torch_fn` instead when every tensor argument is
+    float32. `takes`: "tensor" (`fn(x)`), "axis" (`fn(x, axis=-1)`) or
+    "tensors" (`fn(xs, axis=0)`, a list)."""
+    if takes == "tensor":
+        def fn(x):
+            return torch_fn(x) if _float32(x) else keras_fn(x)
+    elif takes == "axis":
+        def fn(x, axis=-1):
+            if _float32(x) and axis is not None:
+                return torch_fn(x, dim=axis)
+            return keras_fn(x, axis=axis)
+    else:
+        def fn(xs, axis=0):
+            if all(_float32(x) for x in xs):
+                return torch_fn(xs, dim=axis)
+            return keras_fn(xs, axis=axis)
 
     fn.__name__ = keras_fn.__name__
-    fn.__doc__ = f"`keras.ops.{keras_fn.__name__}`, a torch call for a float32 tensor."
+    fn.__doc__ = f"`keras.ops.{keras_fn.__name__}`, a torch call for float32 tensors."
     return fn
 
 
@@ -282,27 +296,6 @@ def _sum(x, axis=None, keepdims=False):
     if not _float32(x) or (axis is None and keepdims) or axis == () or axis == []:
         return ops.sum(x, axis=axis, keepdims=keepdims)
     return torch.sum(x) if axis is None else torch.sum(x, dim=axis, keepdim=keepdims)
-
-
-def _axis_fn(torch_fn, keras_fn):
-    def fn(x, axis=-1):
-        return torch_fn(x, dim=axis) if _float32(x) and axis is not None else keras_fn(x, axis=axis)
-
-    fn.__name__ = keras_fn.__name__
-    fn.__doc__ = f"`keras.ops.{keras_fn.__name__}`, a torch call for a float32 tensor."
-    return fn
-
-
-def _concatenate(xs, axis=0):
-    if all(_float32(x) for x in xs):
-        return torch.cat(xs, dim=axis)
-    return ops.concatenate(xs, axis=axis)
-
-
-def _stack(xs, axis=0):
-    if all(_float32(x) for x in xs):
-        return torch.stack(xs, dim=axis)
-    return ops.stack(xs, axis=axis)
 
 
 def _stop_gradient(x):
@@ -329,16 +322,16 @@ def step_ops():
     """The functions of `multiloss.engine.ops` on torch, by name."""
     return {
         "sum": _sum,
-        "log": _unary(torch.log, ops.log),
-        "exp": _unary(torch.exp, ops.exp),
-        "sqrt": _unary(torch.sqrt, ops.sqrt),
-        "abs": _unary(torch.abs, ops.abs),
-        "sign": _unary(torch.sign, ops.sign),
-        "relu": _unary(torch.relu, ops.relu),
-        "softmax": _axis_fn(torch.softmax, ops.softmax),
-        "log_softmax": _axis_fn(torch.log_softmax, ops.log_softmax),
-        "concatenate": _concatenate,
-        "stack": _stack,
+        "log": _fast(torch.log, ops.log),
+        "exp": _fast(torch.exp, ops.exp),
+        "sqrt": _fast(torch.sqrt, ops.sqrt),
+        "abs": _fast(torch.abs, ops.abs),
+        "sign": _fast(torch.sign, ops.sign),
+        "relu": _fast(torch.relu, ops.relu),
+        "softmax": _fast(torch.softmax, ops.softmax, takes="axis"),
+        "log_softmax": _fast(torch.log_softmax, ops.log_softmax, takes="axis"),
+        "concatenate": _fast(torch.cat, ops.concatenate, takes="tensors"),
+        "stack": _fast(torch.stack, ops.stack, takes="tensors"),
         "assign": _assign,
         "stop_gradient": _stop_gradient,
     }

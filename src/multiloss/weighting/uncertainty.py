@@ -91,9 +91,9 @@ class Uncertainty(Weighting):
         s = self.log_variance.value
         precision = step_ops.exp(-s)
         terms = precision * losses + s
-        if self.variant == "regression":
-            return step_ops.sum(fixed * terms) * 0.5, fixed * precision * 0.5
-        return step_ops.sum(fixed * terms), fixed * precision
+        # The regression variant halves every term (an exact scaling).
+        weighted = fixed * 0.5 if self.variant == "regression" else fixed
+        return step_ops.sum(weighted * terms), weighted * precision
 
     def get_config(self):
         return {
