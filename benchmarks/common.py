@@ -115,6 +115,86 @@ def time_fit_steps(models, x, y, batch_size=256, rounds=15, restart=False):
     return samples
 
 
+def compiled_step(model, x, y, batch_size=256):
+    """`run(n)`: `n` training steps of `model` on the first batch of
+    `(x, y)`, through its train step compiled as `fit` compiles it (JAX:
+    `jax.jit` with the state donated; TensorFlow: `tf.function` with the
+    model's `jit_compile`; torch: eager), returning when the last is done.
+
+    What `fit` adds around each step (its data iterator, callbacks, logs
+    read to the host) is left out: the time is the step's own. The model
+    must have been trained once (built, compiled step options set). Its
+    Variables are not updated (JAX's steps run on a copy of its state).
+    """
+    import keras
+    import numpy as np
+
+    batch = (x[:batch_size], {name: value[:batch_size] for name, value in y.items()})
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        data = jax.tree_util.tree_map(jnp.asarray, batch)
+        step = jax.jit(model.train_step, donate_argnums=0)
+        groups = (model.trainable_variables, model.non_trainable_variables,
+                  model.optimizer.variables, model.metrics_variables)
+        # Copies: the donated state must not be the model's own buffers.
+        box = [tuple([jnp.array(v.value, copy=True) for v in group] for group in groups)]
+
+        def run(n):
+            state = box[0]
+            for _ in range(n):
+                _, state = step(state, data)
+            box[0] = jax.block_until_ready(state)
+
+        return run
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        data = tf.nest.map_structure(tf.constant, batch)
+        step = tf.function(model.train_step, reduce_retracing=True, jit_compile=model.jit_compile)
+
+        def run(n):
+            for _ in range(n):
+                logs = step(data)
+            tf.nest.map_structure(np.asarray, logs)
+
+        return run
+    data = tuple(keras.tree.map_structure(keras.ops.convert_to_tensor, batch))
+
+    def run(n):
+        for _ in range(n):
+            model.train_step(data)
+
+    return run
+
+
+def pin_to_cores(cores):
+    """Keeps this process on its first `cores` CPUs (0: all). Call before
+    the backend is imported: TensorFlow's, XLA's and torch's thread pools
+    are sized from the CPUs a process may use when they start."""
+    if cores:
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
+
+
+def time_compiled_steps(runs, rounds=25, steps=50):
+    """Interleaved rounds (rotating order) of `steps` calls of each
+    `runs[name](steps)` after two untimed warm-up calls; returns
+    {name: [microseconds per step, one per round]}."""
+    for run in runs.values():
+        run(2)
+        run(steps)
+    samples = {name: [] for name in runs}
+    names = list(runs)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = time.perf_counter()
+            runs[name](steps)
+            samples[name].append(1e6 * (time.perf_counter() - start) / steps)
+    return samples
+
+
 def summarize(samples, baseline):
     """Median ms per step and the ratio of medians to `baseline`."""
     base = statistics.median(samples[baseline])

@@ -11,6 +11,8 @@ interval of it (`common.paired_ratios`).
     python benchmarks/weighting_overhead.py                 # all three backends
     python benchmarks/weighting_overhead.py --rounds 21 --out benchmarks/results/weighting_overhead.md
     python benchmarks/weighting_overhead.py --combine-cost  # the balancer alone, eager
+    python benchmarks/weighting_overhead.py --compiled-step  # the step alone, outside fit
+    python benchmarks/weighting_overhead.py --compiled-step --cores 1  # ... on one core
     python benchmarks/weighting_overhead.py --backends jax --tasks 8 --methods \
         static_again loss_dependent famo famo_state_only famo_lagged  # FAMO by parts
 """
@@ -221,6 +223,50 @@ def combine_cost(args):
     print(json.dumps(results))
 
 
+def compiled_step_cost(args):
+    """Microseconds per compiled train step, outside `fit`
+    (`common.compiled_step`): the step's own time, without the per-batch
+    work of `fit`, which every method pays alike and which dilutes a
+    ratio. With `--cores`, on that many cores only."""
+    common.pin_to_cores(args.cores)
+    import keras
+
+    import multiloss
+
+    results = {}
+    for k in args.tasks:
+        x, y = common.regression_data(k, steps=1)
+        runs = {}
+        for name in args.methods:
+            model = common.mlp_with_heads(multiloss.MultiLossModel, k)
+            model.compile(keras.optimizers.Adam(1e-3), loss="mse", balancer=_balancer(name))
+            model.fit(x, y, batch_size=256, epochs=1, verbose=0)
+            runs[name] = common.compiled_step(model, x, y)
+        samples = common.time_compiled_steps(runs, rounds=args.rounds)
+        results[str(k)] = common.paired_ratios(samples, baseline="static")
+    print(json.dumps(results))
+
+
+def compiled_step_table(results, args):
+    lines = [
+        f"Measured {common.machine_line()}: {args.rounds} interleaved rounds of 50 "
+        "compiled train steps per method on one batch of 256, outside `fit` "
+        f"(`common.compiled_step`), on {args.cores or 'all'} core(s). Each cell: the "
+        "median us per step, then the median over rounds of the round's ratio to "
+        "`static` with a 90% confidence interval of it.",
+        "",
+        "| method | " + " | ".join(f"{b} K={k}" for b in results for k in results[b]) + " |",
+        "|---|" + "---|" * sum(len(per_k) for per_k in results.values()),
+    ]
+    for name in args.methods:
+        cells = [
+            f"{e['median_ms']:.0f}: {e['ratio']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+            for per_k in results.values() for e in (per_k[k][name] for k in per_k)
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _quantile(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -291,7 +337,7 @@ def main():
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--steps", type=int, default=40, help="steps per timed epoch")
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, help="default: 15; 25 with --compiled-step")
     parser.add_argument("--fit-steps", type=int, default=160,
                         help="steps of the longer fit of the `fit step` column (0: no column)")
     parser.add_argument("--fit-rounds", type=int, default=9)
@@ -307,11 +353,33 @@ def main():
         "--combine-cost", action="store_true",
         help="time one eager combine() per method instead of training steps",
     )
+    parser.add_argument(
+        "--compiled-step", action="store_true",
+        help="time the compiled train step alone, outside fit (default rounds: 25)",
+    )
+    parser.add_argument(
+        "--cores", type=int, default=0,
+        help="with --compiled-step: run on this many cores only (default: all)",
+    )
     args = parser.parse_args()
+    if args.rounds is None:
+        args.rounds = 25 if args.compiled_step else 15
     if "static" not in args.methods:
         args.methods = ["static", *args.methods]
     if args.worker:
+        if args.compiled_step:
+            return compiled_step_cost(args)
         return combine_cost(args) if args.combine_cost else worker(args)
+    if args.compiled_step:
+        passthrough = ["--compiled-step", "--cores", str(args.cores), "--tasks", *map(str, args.tasks),
+                       "--rounds", str(args.rounds), "--methods", *args.methods]
+        results = common.run_per_backend(os.path.abspath(__file__), passthrough, args.backends)
+        text = compiled_step_table(results, args)
+        print(text)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
+        return None
     if args.combine_cost:
         passthrough = ["--combine-cost", "--tasks", *map(str, args.tasks),
                        "--rounds", str(args.rounds), "--methods", *args.methods]
