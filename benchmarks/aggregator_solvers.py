@@ -197,7 +197,6 @@ def run_backend(backend, repeats, budget_s):
 
 
 def run_torchjd(repeats, budget_s):
-    import numpy as np
     import torch
 
     try:

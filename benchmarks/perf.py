@@ -14,7 +14,6 @@ Goals: parameter level <= 0.9x torchjd's ratio; representation level
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 

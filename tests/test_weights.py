@@ -1,7 +1,6 @@
 """Changing task weights during training takes effect on every backend."""
 
 import keras
-import numpy as np
 import pytest
 
 import multiloss

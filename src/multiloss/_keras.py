@@ -4,7 +4,6 @@ Keras keeps these under `keras.src`; if a Keras release moves one, this is
 the only module to change. Each is used the way Keras's own trainers use it.
 """
 
-import keras
 from keras.src.backend import compute_output_spec
 from keras.src.backend.common.stateless_scope import in_stateless_scope
 from keras.src.losses.loss import unscale_loss_for_distribution

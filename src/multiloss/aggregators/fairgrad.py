@@ -92,7 +92,6 @@ class FairGrad(SolverAggregator):
         """(weights, converged) without touching any state."""
         gram = C.prepare_gram(gram)
         scaled, s = C.max_diag_scale(gram)
-        k = scaled.shape[0]
         active = C.active_tasks(scaled)
         power = 1.0 / self.alpha
         w, converged = masked_power_weights(
