@@ -83,8 +83,12 @@ class DWA(Weighting):
         return super().combine(losses, training=training)
 
     def _observe(self, losses):
-        self.epoch_loss_sum.assign_add(step_ops.stop_gradient(losses))
-        self.epoch_steps.assign_add(1.0)
+        # engine.ops's assign of `.value + x`, not `assign_add`: on torch a
+        # Keras assign costs 30 times its copy.
+        step_ops.assign(
+            self.epoch_loss_sum, self.epoch_loss_sum.value + step_ops.stop_gradient(losses)
+        )
+        step_ops.assign(self.epoch_steps, self.epoch_steps.value + 1.0)
 
     def balance(self, losses, training=True):
         weights = self.dwa_weights.value
