@@ -235,13 +235,14 @@ def compiled_step_cost(args):
 
     results = {}
     for k in args.tasks:
-        x, y = common.regression_data(k, steps=1)
+        batch = args.batch_size
+        x, y = common.regression_data(k, steps=1, batch_size=batch)
         runs = {}
         for name in args.methods:
             model = common.mlp_with_heads(multiloss.MultiLossModel, k)
             model.compile(keras.optimizers.Adam(1e-3), loss="mse", balancer=_balancer(name))
-            model.fit(x, y, batch_size=256, epochs=1, verbose=0)
-            runs[name] = common.compiled_step(model, x, y)
+            model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+            runs[name] = common.compiled_step(model, x, y, batch_size=batch)
         samples = common.time_compiled_steps(runs, rounds=args.rounds)
         results[str(k)] = common.paired_ratios(samples, baseline="static")
     print(json.dumps(results))
@@ -250,7 +251,7 @@ def compiled_step_cost(args):
 def compiled_step_table(results, args):
     lines = [
         f"Measured {common.machine_line()}: {args.rounds} interleaved rounds of 50 "
-        "compiled train steps per method on one batch of 256, outside `fit` "
+        f"compiled train steps per method on one batch of {args.batch_size}, outside `fit` "
         f"(`common.compiled_step`), on {args.cores or 'all'} core(s). Each cell: the "
         "median us per step, then the median over rounds of the round's ratio to "
         "`static` with a 90% confidence interval of it.",
@@ -361,6 +362,10 @@ def main():
         "--cores", type=int, default=0,
         help="with --compiled-step: run on this many cores only (default: all)",
     )
+    parser.add_argument(
+        "--batch-size", type=int, default=256,
+        help="with --compiled-step: the batch size (default: the benchmark's 256)",
+    )
     args = parser.parse_args()
     if args.rounds is None:
         args.rounds = 25 if args.compiled_step else 15
@@ -371,7 +376,8 @@ def main():
             return compiled_step_cost(args)
         return combine_cost(args) if args.combine_cost else worker(args)
     if args.compiled_step:
-        passthrough = ["--compiled-step", "--cores", str(args.cores), "--tasks", *map(str, args.tasks),
+        passthrough = ["--compiled-step", "--cores", str(args.cores),
+                       "--batch-size", str(args.batch_size), "--tasks", *map(str, args.tasks),
                        "--rounds", str(args.rounds), "--methods", *args.methods]
         results = common.run_per_backend(os.path.abspath(__file__), passthrough, args.backends)
         text = compiled_step_table(results, args)
