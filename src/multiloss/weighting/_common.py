@@ -105,13 +105,13 @@ def check_per_task(owner, name, value):
 
 def per_task_tensor(owner, name, value, num_tasks):
     """A per-task option checked against K: a float stays a float (one
-    fewer conversion per step), a list becomes a (K,) float32 array."""
+    fewer conversion per step), a list becomes a (K,) float32 tensor."""
     if isinstance(value, list):
         if len(value) != num_tasks:
             raise ValueError(
                 f"{owner}({name}=...) has {len(value)} entries for {num_tasks} tasks."
             )
-        return np.asarray(value, "float32")
+        return constant(np.asarray(value, "float32"))
     return float(value)
 
 
@@ -125,9 +125,9 @@ def positive_part(losses, floor):
     """`max(L - floor, 0)`: the shift and clamp of the log-based methods.
 
     A loss at or below its floor contributes a constant (no gradient)."""
-    if not isinstance(floor, np.ndarray) and floor == 0.0:
+    if isinstance(floor, float) and floor == 0.0:
         return step_ops.relu(losses)
-    return step_ops.relu(ops.subtract(losses, floor))
+    return step_ops.relu(losses - floor)
 
 
 def add_state(layer, name, value, shape=None, dtype="float32", trainable=False):
