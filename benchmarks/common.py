@@ -241,6 +241,20 @@ def paired_ratios(rounds, baseline, confidence=0.9):
     return result
 
 
+def paired_cell(entry):
+    """A `paired_ratios` entry as a table cell: `median: ratio [low, high]`."""
+    return (f"{entry['median_ms']:.0f}: {entry['ratio']:.3f} "
+            f"[{entry['low']:.3f}, {entry['high']:.3f}]")
+
+
+def report(text, out=None):
+    """Prints a script's table, and writes it to `out` when given."""
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
+
+
 def run_per_backend(script, args, backends=BACKENDS):
     """Runs `script --worker ARGS` once per backend; returns {backend: json}."""
     results = {}

@@ -148,16 +148,9 @@ def main():
         "|---|" + "---|" * len(columns),
     ]
     for name in VARIANTS:
-        cells = []
-        for cores, k in columns:
-            e = results[cores][k][name]
-            cells.append(f"{e['median_ms']:.0f}: {e['ratio']:.3f} [{e['low']:.3f}, {e['high']:.3f}]")
+        cells = [common.paired_cell(results[cores][k][name]) for cores, k in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    common.report("\n".join(lines), args.out)
     return None
 
 

@@ -260,10 +260,22 @@ def compiled_step_table(results, args):
         "|---|" + "---|" * sum(len(per_k) for per_k in results.values()),
     ]
     for name in args.methods:
-        cells = [
-            f"{e['median_ms']:.0f}: {e['ratio']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
-            for per_k in results.values() for e in (per_k[k][name] for k in per_k)
-        ]
+        cells = [common.paired_cell(per_k[k][name]) for per_k in results.values() for k in per_k]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def combine_cost_table(results, args):
+    ks = [str(k) for k in args.tasks]
+    lines = [
+        f"Measured {common.machine_line()}: CPU microseconds of one eager "
+        f"`combine(losses, training=True)`, median of {args.rounds} rounds of 200 calls.",
+        "",
+        "| method | " + " | ".join(f"{b} K={k}" for b in results for k in ks) + " |",
+        "|---|" + "---|" * (len(results) * len(ks)),
+    ]
+    for name in args.methods:
+        cells = [f"{results[b][k][name]:.0f}" for b in results for k in ks]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -379,43 +391,22 @@ def main():
         passthrough = ["--compiled-step", "--cores", str(args.cores),
                        "--batch-size", str(args.batch_size), "--tasks", *map(str, args.tasks),
                        "--rounds", str(args.rounds), "--methods", *args.methods]
-        results = common.run_per_backend(os.path.abspath(__file__), passthrough, args.backends)
-        text = compiled_step_table(results, args)
-        print(text)
-        if args.out:
-            with open(args.out, "w") as f:
-                f.write(text + "\n")
-        return None
-    if args.combine_cost:
+        render = compiled_step_table
+    elif args.combine_cost:
         passthrough = ["--combine-cost", "--tasks", *map(str, args.tasks),
                        "--rounds", str(args.rounds), "--methods", *args.methods]
-        results = common.run_per_backend(os.path.abspath(__file__), passthrough, args.backends)
-        ks = [str(k) for k in args.tasks]
-        lines = [
-            f"Measured {common.machine_line()}: CPU microseconds of one eager "
-            f"`combine(losses, training=True)`, median of {args.rounds} rounds of 200 calls.",
-            "",
-            "| method | " + " | ".join(f"{b} K={k}" for b in results for k in ks) + " |",
-            "|---|" + "---|" * (len(results) * len(ks)),
+        render = combine_cost_table
+    else:
+        passthrough = [
+            "--tasks", *map(str, args.tasks), "--steps", str(args.steps),
+            "--rounds", str(args.rounds), "--methods", *args.methods,
+            "--fit-steps", str(args.fit_steps), "--fit-rounds", str(args.fit_rounds),
+            *(["--continue-training"] if args.continue_training else []),
         ]
-        for name in args.methods:
-            cells = [f"{results[b][k][name]:.0f}" for b in results for k in ks]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        print("\n".join(lines))
-        return None
-    passthrough = [
-        "--tasks", *map(str, args.tasks), "--steps", str(args.steps),
-        "--rounds", str(args.rounds), "--methods", *args.methods,
-        "--fit-steps", str(args.fit_steps), "--fit-rounds", str(args.fit_rounds),
-        *(["--continue-training"] if args.continue_training else []),
-    ]
+        render = table
     results = common.run_per_backend(os.path.abspath(__file__), passthrough, args.backends)
-    text = table(results, args)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-
+    common.report(render(results, args), args.out)
+    return None
 
 if __name__ == "__main__":
     main()
