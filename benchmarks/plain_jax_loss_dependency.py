@@ -15,12 +15,14 @@ three variants that differ only in the weights of `sum_k w_k L_k`:
 Each is timed as `weighting_overhead.py --compiled-step` times multiloss's
 step (interleaved rounds, paired ratios), on every core of the machine and
 again on one core (`os.sched_setaffinity`, set before JAX starts). The
-ratios are a floor that no library built on `jax.jit` can go under on this
-machine: the `loss_dependent` figure is the part of multiloss's ratio
-that its balancers do not cause.
+ratios show what the same work costs in a step with no library code: on
+one core the variants are within about 1% of each other; with more cores,
+XLA runs a step's independent kernels side by side, and a backward pass
+that waits for the losses gets another schedule, which can cost or save
+several per cent on a step this small (BENCHMARKS.md, section 2, run 19).
 
-    python benchmarks/loss_dependency_floor.py
-    python benchmarks/loss_dependency_floor.py --tasks 8 --rounds 41
+    python benchmarks/plain_jax_loss_dependency.py
+    python benchmarks/plain_jax_loss_dependency.py --tasks 8 --rounds 41
 """
 
 import argparse
