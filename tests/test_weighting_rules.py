@@ -338,6 +338,12 @@ def test_dwa_matches_liu_et_al():
             assert total == pytest.approx(float(np.dot(expected, losses)), rel=1e-5)
         averages.append(np.mean(steps, axis=0))
         balancer.on_epoch_end(epoch)
+        # The epoch averages it keeps (t-2, t-1) are the plain means, not
+        # only in their ratio (which alone sets the weights).
+        before = averages[-2] if len(averages) > 1 else np.zeros(2)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(balancer.epoch_averages), [before, averages[-1]], rtol=1e-6
+        )
     # Task 2's loss fell slower: it weighs more.
     _, weights = _combine(balancer, [1.0, 1.0], training=False)
     assert weights[1] > weights[0]
