@@ -62,6 +62,21 @@ def test_sum_mean_normalized_sum():
     close(runner("NormalizedSum", j.shape)(j)[0], want, 1e-5)
 
 
+@pytest.mark.parametrize("target", ["max", "min", "unit"])
+def test_normalized_sum_targets_use_the_active_tasks_only(target):
+    # Every active norm above 1 and one task with a zero gradient: a target
+    # that counted the inactive task's placeholder norm would be off.
+    j = 3.0 * MATRICES[1]
+    j[2] = 0.0
+    n = np.linalg.norm(j.astype(np.float64), axis=1)
+    active = n > 0
+    assert n[active].min() > 1.0
+    r = {"max": n[active].max(), "min": n[active].min(), "unit": 1.0}[target]
+    want = (j[active] / n[active, None] * r).sum(0)
+    run = runner(f"NormalizedSum_{target}", j.shape, lambda t=target: A.NormalizedSum(target=t))
+    close(run(j)[0], want, 1e-5)
+
+
 # --------------------------------------------------------------------------
 # PCGrad (Yu et al. 2020, Algorithm 1)
 # --------------------------------------------------------------------------
@@ -417,6 +432,17 @@ def test_config_against_the_official_least_squares():
             close(d, np_config(j, pref), 1e-4)
 
 
+def test_config_with_more_tasks_than_coordinates():
+    # K > P: the unit gradients have no exact solution, so the least-squares
+    # direction can have a negative projection on some task; the length is
+    # the plain sum of the projections, as the official code takes it.
+    j = np.random.default_rng(5).normal(size=(5, 3)).astype("float32")
+    want = np_config(j)
+    units = j / np.linalg.norm(j, axis=1, keepdims=True)
+    assert np.any(units @ (want / np.linalg.norm(want)) < 0)
+    close(runner("ConFIG", j.shape)(j)[0], want, 1e-4)
+
+
 def test_config_two_tasks_matches_the_official_closed_form():
     run = runner("ConFIG", (2, 6))
     for seed in (8, 9):
@@ -480,15 +506,16 @@ def np_gradvac(j, targets, orders, beta):
     return pc.sum(0), targets
 
 
-def test_gradvac_against_algorithm_1_over_several_steps():
-    run = runner("GradVac", (4, 6))
+@pytest.mark.parametrize("beta", [0.5, 0.1])
+def test_gradvac_against_algorithm_1_over_several_steps(beta):
+    run = runner(f"GradVac_{beta}", (4, 6), lambda: A.GradVac(beta=beta, seed=3))
     orders = keras_orders(3, 4, 6)
     targets = np.zeros((4, 4))
     state = None
     fired = False
     for step in range(6):
         j = MATRICES[step % len(MATRICES)]
-        want, new_targets = np_gradvac(j, targets, orders[step], 0.5)
+        want, new_targets = np_gradvac(j, targets, orders[step], beta)
         fired = fired or np.any(new_targets > targets + 1e-9)
         targets = new_targets
         # Scale-free coefficients: compare on gradients of unit largest norm.
@@ -503,8 +530,9 @@ def test_gradvac_against_algorithm_1_over_several_steps():
 # --------------------------------------------------------------------------
 
 
-def test_dbmtl_against_the_reference_over_several_steps():
-    run = runner("DBMTL", (4, 6))
+@pytest.mark.parametrize("sigma", [0.0, 0.5])
+def test_dbmtl_against_the_reference_over_several_steps(sigma):
+    run = runner(f"DBMTL_{sigma}", (4, 6), lambda: A.DBMTL(sigma=sigma))
     buffer = np.zeros((4, 6))
     state = None
     rng = np.random.default_rng(3)
@@ -512,7 +540,7 @@ def test_dbmtl_against_the_reference_over_several_steps():
         j = MATRICES[step % len(MATRICES)].astype(np.float64)
         losses = rng.uniform(0.1, 5.0, size=4)
         log_grads = j / (losses[:, None] + 1e-8)
-        buffer = log_grads + 0.9 / step**0.0 * (buffer - log_grads)
+        buffer = log_grads + 0.9 / step**sigma * (buffer - log_grads)
         norms = np.linalg.norm(buffer, axis=1)
         alpha = norms.max() / (norms + 1e-8)
         want = (alpha[:, None] * buffer).sum(0)
