@@ -549,6 +549,24 @@ def test_dbmtl_against_the_reference_over_several_steps(sigma):
         close(w, alpha, 1e-4)
 
 
+def test_dbmtl_with_task_weights_is_the_rule_on_the_weighted_tasks():
+    # With fixed weights c, DB-MTL sees the tasks c_k L_k: its log-gradient
+    # is c g / (c L + eps), the rule run on (diag(c) J, c L).
+    c = np.array([1.0, 3.0, 0.5, 2.0], "float32")
+    plain = runner("DBMTL_on_weighted_tasks", (4, 6), lambda: A.DBMTL())
+    weighted = runner("DBMTL_weighted", (4, 6), lambda: A.DBMTL())
+    weighted.agg.assign(c)
+    state_plain = None
+    state = [keras.ops.convert_to_tensor(v) for v in weighted.variables]
+    rng = np.random.default_rng(4)
+    for step in range(1, 4):
+        j = MATRICES[step % len(MATRICES)]
+        losses = rng.uniform(0.1, 5.0, size=4).astype("float32")
+        want, _, state_plain = plain(c[:, None] * j, c * losses, state_plain)
+        d, _, state = weighted(j, losses, state)
+        close(d, want, 1e-4)
+
+
 # --------------------------------------------------------------------------
 # GradNorm (Chen et al. 2018)
 # --------------------------------------------------------------------------
