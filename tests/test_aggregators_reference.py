@@ -482,6 +482,18 @@ def test_graddrop_against_algorithm_1_with_its_draws(leak):
     close(d, np_graddrop(MATRICES[0], np.full(6, 0.5), leak), 1e-5)
 
 
+def test_graddrop_drops_both_signs_where_the_purity_ties_the_draw():
+    # Algorithm 1 keeps a positive component where P > U and a negative one
+    # where P < U: at P = U = 0.5 (training=False, a coordinate whose
+    # gradients cancel) it keeps neither.
+    j = np.array([[1.0, 2.0], [-1.0, 1.0]], "float32")
+    frozen = runner("GradDrop_tie", j.shape, lambda: A.GradDrop(seed=5), training=False)
+    d, _, _ = frozen(j)
+    want = np_graddrop(j, np.full(2, 0.5), 0.0)
+    assert want[0] == 0.0
+    close(d, want, 1e-6)
+
+
 # --------------------------------------------------------------------------
 # GradVac (Wang et al. 2021, Algorithm 1)
 # --------------------------------------------------------------------------
