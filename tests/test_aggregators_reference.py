@@ -615,3 +615,21 @@ def test_gradnorm_against_the_paper_update_over_several_steps():
         close(run.state_of(state, "loss_weights"), weights, 1e-5)
         assert abs(run.state_of(state, "loss_weights").sum() - 4) < 1e-5
     assert np.abs(weights - 1).max() > 0.05
+
+
+def test_gradnorm_floors_a_weight_a_large_step_would_make_negative():
+    # A learning rate of 10 drives the task with the largest gradient far
+    # below 0; the update floors it at 1e-6 K before renormalising.
+    run = runner("GradNorm_lr10", (4, 6), lambda: A.GradNorm(learning_rate=10.0))
+    j = (MATRICES[0] * np.array([[1.0], [50.0], [0.2], [1.0]])).astype("float32")
+    losses = np.array([1.0, 2.0, 1.5, 0.5])
+    norms = np.linalg.norm(j.astype(np.float64), axis=1)
+    g = norms  # weights 1 at the first step
+    assert np.any(1.0 - 10.0 * np.sign(g - g.mean()) * norms / g.mean() < 1e-6 * 4)
+    _, _, state = run(j, losses.astype("float32"), None)
+    want = np_gradnorm_step(np.ones(4), norms, losses, losses, lr=10.0)
+    got = run.state_of(state, "loss_weights")
+    close(got, want, 1e-5)
+    floored = want < 1e-4  # tiny beside the others: compared on its own scale
+    assert np.any(floored)
+    np.testing.assert_allclose(got[floored], want[floored], rtol=1e-3)
