@@ -393,6 +393,19 @@ def test_aligned_mtl_against_algorithm_1(mode):
         close(d, want @ j.astype(np.float64), 1e-3)
 
 
+def test_aligned_mtl_keeps_a_small_eigenvalue_above_the_rank_cut():
+    # Two nearly parallel gradients: the Gram matrix's smallest eigenvalue is
+    # ~6e-5 of its largest, far above the numerical rank cut (K float32 eps
+    # of the largest), so it is kept and sets the scale in "min" mode.
+    j = fixed_matrix(seed=0, conflict=False)
+    j[1] = j[0] + 0.02 * np.random.default_rng(1).normal(size=6).astype("float32")
+    lam = np.linalg.eigvalsh(j.astype(np.float64) @ j.T.astype(np.float64))
+    assert 1e-5 < lam.min() / lam.max() < 1e-3
+    run = runner("AlignedMTL_min", (4, 6), lambda: A.AlignedMTL(scale_mode="min"))
+    _, w, _ = run(j)
+    close(w, np_aligned_mtl(j, "min"), 1e-2)
+
+
 # --------------------------------------------------------------------------
 # ConFIG (Liu et al. 2024)
 # --------------------------------------------------------------------------
