@@ -445,6 +445,19 @@ def test_config_against_the_official_least_squares():
             close(d, np_config(j, pref), 1e-4)
 
 
+def test_config_keeps_a_small_eigenvalue_above_the_default_cut():
+    # Two nearly parallel gradients: the unit vectors' Gram matrix has its
+    # smallest eigenvalue at ~6e-5 of the largest, above the default cut of
+    # the pseudo-inverse (10 K float32 eps): the solution is the exact least
+    # squares one, which a coarser cut would change.
+    j = fixed_matrix(seed=0, conflict=False)
+    j[1] = j[0] + 0.01 * np.random.default_rng(1).normal(size=6).astype("float32")
+    units = j.astype(np.float64) / np.linalg.norm(j.astype(np.float64), axis=1, keepdims=True)
+    lam = np.linalg.eigvalsh(units @ units.T)
+    assert 1e-5 < lam.min() / lam.max() < 1e-3
+    close(runner("ConFIG", j.shape)(j)[0], np_config(j), 1e-2)
+
+
 def test_config_with_more_tasks_than_coordinates():
     # K > P: the unit gradients have no exact solution, so the least-squares
     # direction can have a negative projection on some task; the length is
