@@ -68,6 +68,12 @@ def restarter(model):
     return restart
 
 
+def rotation(names, r):
+    """`names` in round `r`'s order: rotated by `r`, so that every variant
+    takes every place in turn over the rounds."""
+    return names[r % len(names):] + names[: r % len(names)]
+
+
 def time_fit_steps(models, x, y, batch_size=256, rounds=15, restart=False):
     """Per-step milliseconds of `fit` for each model, over interleaved rounds.
 
@@ -107,8 +113,7 @@ def time_fit_steps(models, x, y, batch_size=256, rounds=15, restart=False):
     samples = {name: [] for name in models}
     names = list(models)
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
+        for name in rotation(names, r):
             full = timed_fit(name, x, y)
             part = timed_fit(name, x_short, y_short)
             samples[name].append(1000 * (full - part) / (steps - short))
@@ -188,7 +193,7 @@ def time_compiled_steps(runs, rounds=25, steps=50):
     samples = {name: [] for name in runs}
     names = list(runs)
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in rotation(names, r):
             start = time.perf_counter()
             runs[name](steps)
             samples[name].append(1e6 * (time.perf_counter() - start) / steps)
@@ -255,21 +260,25 @@ def report(text, out=None):
             f.write(text + "\n")
 
 
+def run_worker(script, args, label, **env):
+    """Runs `script --worker ARGS` in a fresh process with `env` added to
+    the environment; returns the JSON its last line prints."""
+    print(f"[{label}] running {os.path.basename(script)} ...", file=sys.stderr, flush=True)
+    proc = subprocess.run(
+        [sys.executable, script, "--worker", *args],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **env), capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"{label}: {script} failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run_per_backend(script, args, backends=BACKENDS):
     """Runs `script --worker ARGS` once per backend; returns {backend: json}."""
-    results = {}
-    for backend in backends:
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        print(f"[{backend}] running {os.path.basename(script)} ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(
-            [sys.executable, script, "--worker", *args],
-            env=env, capture_output=True, text=True,
-        )
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stderr[-4000:])
-            raise SystemExit(f"{backend}: {script} failed")
-        results[backend] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return results
+    return {
+        backend: run_worker(script, args, backend, KERAS_BACKEND=backend) for backend in backends
+    }
 
 
 def machine_line():

@@ -138,7 +138,7 @@ def worker(args):
         samples = {name: [] for name in variants}
         names = list(variants)
         for r in range(args.rounds):
-            for name in names[r % len(names):] + names[: r % len(names)]:
+            for name in common.rotation(names, r):
                 start = time.perf_counter()
                 for _ in range(args.calls):
                     variants[name]()

@@ -106,8 +106,7 @@ def _torchjd_samples(k, steps, rounds):
     samples = {name: [] for name in variants}
     names = list(variants)
     for r in range(rounds + 1):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
+        for name in common.rotation(names, r):
             start = time.perf_counter()
             for s in range(steps):
                 cut = slice(s * 256, (s + 1) * 256)

@@ -28,7 +28,6 @@ several per cent on a step this small (BENCHMARKS.md, section 2, run 19).
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -128,18 +127,14 @@ def main():
         return worker(args)
     available = len(os.sched_getaffinity(0))
     settings = [available, 1] if available > 1 else [1]
-    results = {}
-    for cores in settings:
-        print(f"[jax, {cores} core(s)] running ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--worker", "--cores", str(cores),
-             "--tasks", *map(str, args.tasks), "--rounds", str(args.rounds)],
-            env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+    results = {
+        cores: common.run_worker(
+            os.path.abspath(__file__),
+            ["--cores", str(cores), "--tasks", *map(str, args.tasks), "--rounds", str(args.rounds)],
+            f"jax, {cores} core(s)", JAX_PLATFORMS="cpu",
         )
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stderr[-4000:])
-            raise SystemExit(f"{cores} core(s): failed")
-        results[cores] = json.loads(proc.stdout.strip().splitlines()[-1])
+        for cores in settings
+    }
     columns = [(cores, k) for cores in results for k in results[cores]]
     lines = [
         f"Measured {common.machine_line()}: plain JAX, {args.rounds} interleaved rounds of "

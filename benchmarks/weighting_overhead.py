@@ -143,8 +143,7 @@ def time_steps(models, x, y, batch_size=256, rounds=15, restart=False):
     cpu = {name: [] for name in models}
     names = list(models)
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
+        for name in common.rotation(names, r):
             if restart:
                 restarts[name]()
             timer = StepTimes()
@@ -160,19 +159,25 @@ def time_steps(models, x, y, batch_size=256, rounds=15, restart=False):
     return {"step": step, "epoch": epoch, "cpu": cpu}, step_rounds
 
 
-def worker(args):
+def _models(k, methods):
+    """The benchmark model with K heads, compiled with each method."""
     import keras
 
     import multiloss
 
+    models = {}
+    for name in methods:
+        model = common.mlp_with_heads(multiloss.MultiLossModel, k)
+        model.compile(keras.optimizers.Adam(1e-3), loss="mse", balancer=_balancer(name))
+        models[name] = model
+    return models
+
+
+def worker(args):
     results = {}
     for k in args.tasks:
         x, y = common.regression_data(k, steps=args.steps)
-        models = {}
-        for name in args.methods:
-            model = common.mlp_with_heads(multiloss.MultiLossModel, k)
-            model.compile(keras.optimizers.Adam(1e-3), loss="mse", balancer=_balancer(name))
-            models[name] = model
+        models = _models(k, args.methods)
         restart = not args.continue_training
         samples, step_rounds = time_steps(models, x, y, rounds=args.rounds, restart=restart)
         paired = {"step_paired": common.paired_ratios(step_rounds, baseline="static")}
@@ -229,18 +234,12 @@ def compiled_step_cost(args):
     work of `fit`, which every method pays alike and which dilutes a
     ratio. With `--cores`, on that many cores only."""
     common.pin_to_cores(args.cores)
-    import keras
-
-    import multiloss
-
     results = {}
     for k in args.tasks:
         batch = args.batch_size
         x, y = common.regression_data(k, steps=1, batch_size=batch)
         runs = {}
-        for name in args.methods:
-            model = common.mlp_with_heads(multiloss.MultiLossModel, k)
-            model.compile(keras.optimizers.Adam(1e-3), loss="mse", balancer=_balancer(name))
+        for name, model in _models(k, args.methods).items():
             model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
             runs[name] = common.compiled_step(model, x, y, batch_size=batch)
         samples = common.time_compiled_steps(runs, rounds=args.rounds)
@@ -407,6 +406,7 @@ def main():
     results = common.run_per_backend(os.path.abspath(__file__), passthrough, args.backends)
     common.report(render(results, args), args.out)
     return None
+
 
 if __name__ == "__main__":
     main()
