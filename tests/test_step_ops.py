@@ -2,9 +2,9 @@
 dtypes for float32 tensors (torch's direct calls) and for every other
 argument (`keras.ops` itself).
 
-On TensorFlow and JAX the functions are `keras.ops`'s own (the first test
-says so); comparing them with themselves could not fail, so the value
-comparisons run on torch only."""
+On TensorFlow and JAX the functions are `keras.ops`'s own and `assign` is
+`keras.Variable.assign` (the first test says so); comparing them with
+themselves could not fail, so the comparisons run on torch only."""
 
 import keras
 import numpy as np
@@ -27,6 +27,7 @@ def test_engine_ops_are_keras_ops_where_the_step_is_traced():
         if name == "assign":
             continue
         assert getattr(step_ops, name) is getattr(ops, name), name
+    assert step_ops.assign is keras.Variable.assign
 
 
 def _inputs():
@@ -150,6 +151,7 @@ def test_stack_equals_keras(axis, kind):
     _same("stack", [x, ops.cast(x, "float32")], axis=axis)
 
 
+@torch_only
 @pytest.mark.parametrize("kind", ["float32 tensor", "float16 tensor", "float64 numpy"])
 def test_assign_equals_keras_assign(kind):
     value = _inputs()[kind]
@@ -165,6 +167,7 @@ def test_assign_equals_keras_assign(kind):
     _same_value(counter.value, expected.value)
 
 
+@torch_only
 def test_assign_of_another_shape_raises_and_changes_nothing():
     variable = keras.Variable(np.ones((2,), "float32"))
     with pytest.raises(ValueError, match="shape"):
@@ -174,6 +177,7 @@ def test_assign_of_another_shape_raises_and_changes_nothing():
     np.testing.assert_array_equal(ops.convert_to_numpy(variable), [1.0, 1.0])
 
 
+@torch_only
 def test_assign_in_a_stateless_scope_is_recorded_not_made():
     variable = keras.Variable(np.ones((2,), "float32"))
     with keras.StatelessScope() as scope:

@@ -38,11 +38,8 @@ if keras.backend.backend() == "torch":
 
     _functions = _step_ops()
 else:
-    def _assign(variable, value):
-        return variable.assign(value)
-
     _functions = {name: getattr(_keras_ops, name) for name in __all__ if name != "assign"}
-    _functions["assign"] = _assign
+    _functions["assign"] = keras.Variable.assign
 
 (
     sum, log, exp, sqrt, abs, sign, relu, softmax, log_softmax,
