@@ -568,21 +568,31 @@ def test_gradvac_against_algorithm_1_over_several_steps(beta):
 # --------------------------------------------------------------------------
 
 
+def np_dbmtl(jacobians, losses, beta=0.9, sigma=0.0, weights=None):
+    """DB-MTL's updates over consecutive steps: the log-gradients
+    c g / (c L + eps) of the tasks c L (LibMTL's `DB_MTL`, with fixed task
+    weights c), their moving average with rate beta / t^sigma, each task
+    rescaled to the largest average's norm."""
+    buffer, updates = 0.0, []
+    c = np.ones(len(losses[0])) if weights is None else np.asarray(weights, np.float64)
+    for step, (j, l) in enumerate(zip(jacobians, losses), start=1):
+        log_grads = c[:, None] * j.astype(np.float64) / (c * l + 1e-8)[:, None]
+        buffer = log_grads + beta / step**sigma * (buffer - log_grads)
+        norms = np.linalg.norm(buffer, axis=1)
+        alpha = norms.max() / (norms + 1e-8)
+        updates.append(((alpha[:, None] * buffer).sum(0), alpha))
+    return updates
+
+
 @pytest.mark.parametrize("sigma", [0.0, 0.5])
 def test_dbmtl_against_the_reference_over_several_steps(sigma):
     run = runner(f"DBMTL_{sigma}", (4, 6), lambda: A.DBMTL(sigma=sigma))
-    buffer = np.zeros((4, 6))
     state = None
     rng = np.random.default_rng(3)
-    for step in range(1, 5):
-        j = MATRICES[step % len(MATRICES)].astype(np.float64)
-        losses = rng.uniform(0.1, 5.0, size=4)
-        log_grads = j / (losses[:, None] + 1e-8)
-        buffer = log_grads + 0.9 / step**sigma * (buffer - log_grads)
-        norms = np.linalg.norm(buffer, axis=1)
-        alpha = norms.max() / (norms + 1e-8)
-        want = (alpha[:, None] * buffer).sum(0)
-        d, w, state = run(j.astype("float32"), losses.astype("float32"), state)
+    jacobians = [MATRICES[step % len(MATRICES)] for step in range(1, 5)]
+    losses = [rng.uniform(0.1, 5.0, size=4) for _ in jacobians]
+    for j, l, (want, alpha) in zip(jacobians, losses, np_dbmtl(jacobians, losses, sigma=sigma)):
+        d, w, state = run(j, l.astype("float32"), state)
         close(d, want, 1e-4)
         close(w, alpha, 1e-4)
 
@@ -591,17 +601,14 @@ def test_dbmtl_with_task_weights_is_the_rule_on_the_weighted_tasks():
     # With fixed weights c, DB-MTL sees the tasks c_k L_k: its log-gradient
     # is c g / (c L + eps), the rule run on (diag(c) J, c L).
     c = np.array([1.0, 3.0, 0.5, 2.0], "float32")
-    plain = runner("DBMTL_on_weighted_tasks", (4, 6), lambda: A.DBMTL())
     weighted = runner("DBMTL_weighted", (4, 6), lambda: A.DBMTL())
     weighted.agg.assign(c)
-    state_plain = None
     state = [keras.ops.convert_to_tensor(v) for v in weighted.variables]
     rng = np.random.default_rng(4)
-    for step in range(1, 4):
-        j = MATRICES[step % len(MATRICES)]
-        losses = rng.uniform(0.1, 5.0, size=4).astype("float32")
-        want, _, state_plain = plain(c[:, None] * j, c * losses, state_plain)
-        d, _, state = weighted(j, losses, state)
+    jacobians = [MATRICES[step % len(MATRICES)] for step in range(1, 4)]
+    losses = [rng.uniform(0.1, 5.0, size=4).astype("float32") for _ in jacobians]
+    for j, l, (want, _) in zip(jacobians, losses, np_dbmtl(jacobians, losses, weights=c)):
+        d, _, state = weighted(j, l, state)
         close(d, want, 1e-4)
 
 
