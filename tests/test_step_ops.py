@@ -152,6 +152,28 @@ def test_stack_equals_keras(axis, kind):
 
 
 @torch_only
+@pytest.mark.parametrize(
+    "branches",
+    [
+        ["float32 tensor", "float32 tensor"],
+        ["float32 tensor", "python float"],
+        ["python float", "float32 tensor"],
+        ["int32 tensor", "float32 tensor"],
+        ["float16 tensor", "float16 tensor"],
+        ["float64 numpy", "float32 tensor"],
+    ],
+)
+def test_where_equals_keras_where(branches):
+    inputs = {**_inputs(), "python float": 0.25}
+    x1, x2 = (inputs[b] for b in branches)
+    if branches[0] == "int32 tensor":
+        x1 = ops.reshape(ops.convert_to_tensor(x1)[:4], (1, 4))
+    condition = ops.convert_to_tensor(_inputs()["float32 tensor"]) > 0
+    _same("where", condition, x1, x2)
+    _same("where", ops.cast(condition, "int32"), x1, x2)  # not a bool: keras.ops's path
+
+
+@torch_only
 @pytest.mark.parametrize("kind", ["float32 tensor", "float16 tensor", "float64 numpy"])
 def test_assign_equals_keras_assign(kind):
     value = _inputs()[kind]
@@ -165,6 +187,23 @@ def test_assign_equals_keras_assign(kind):
     step_ops.assign(counter, ops.convert_to_tensor(2.7))
     expected.assign(ops.convert_to_tensor(2.7))
     _same_value(counter.value, expected.value)
+    step_ops.assign(counter, ops.convert_to_tensor(7, "int32"))  # the copy's own path
+    expected.assign(ops.convert_to_tensor(7, "int32"))
+    _same_value(counter.value, expected.value)
+
+
+@torch_only
+@pytest.mark.parametrize("trainable", [False, True])
+def test_assign_of_a_value_with_a_gradient_keeps_the_variable_a_leaf(trainable):
+    import torch
+
+    variable = keras.Variable(np.zeros((2,), "float32"), trainable=trainable)
+    source = torch.tensor([1.0, 2.0], requires_grad=True)
+    step_ops.assign(variable, source * 3)
+    stored = variable.value
+    np.testing.assert_array_equal(ops.convert_to_numpy(stored), [3.0, 6.0])
+    assert stored.grad_fn is None
+    assert stored.requires_grad is trainable
 
 
 @torch_only

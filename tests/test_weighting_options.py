@@ -75,6 +75,7 @@ def test_unknown_options_are_named_with_the_valid_ones(cls):
         (lambda: W.ScaleNormalized(decay=1.0), r"decay.*< 1"),
         (lambda: W.ScaleNormalized(warmup_steps=-1), r"warmup_steps.*>= 0"),
         (lambda: W.ScaleNormalized(warmup_steps=2.5), r"warmup_steps.*integer"),
+        (lambda: W.ScaleNormalized(warmup_steps=2**24), r"warmup_steps.*<= 16777215"),
         (lambda: W.FAMO(w_lr=0.0), r"w_lr.*> 0"),
         (lambda: W.FAMO(gamma=-0.1), r"gamma.*>= 0"),
         (lambda: W.FAMO(min_losses=[0.0, float("inf")]), r"min_losses.*finite"),

@@ -393,6 +393,27 @@ def test_scale_normalized_matches_a_running_mean_with_warmup():
     np.testing.assert_allclose(_np(balancer.running_mean), mean, rtol=1e-5)
 
 
+def test_scale_normalized_step_count_stops_at_2_to_the_24_and_the_average_stays_exponential():
+    # The count is a float32: 2^24 + 1 is not one. The warm-up ends before
+    # (warmup_steps < 2^24), so the rate there is 1 - decay.
+    balancer = _built(W.ScaleNormalized(decay=0.75, warmup_steps=2**24 - 1), 2)
+    balancer.steps.assign(2.0**24 - 1)
+    balancer.running_mean.assign([4.0, 8.0])
+    for step, losses in enumerate(([8.0, 0.0], [0.0, 16.0])):
+        before = _np(balancer.running_mean)
+        _combine(balancer, losses)
+        np.testing.assert_allclose(
+            _np(balancer.running_mean), 0.75 * before + 0.25 * np.array(losses), rtol=1e-6
+        )
+        assert float(_np(balancer.steps)) == 2.0**24
+    # One step earlier the same count is the warm-up's last step: a plain average.
+    warm = _built(W.ScaleNormalized(decay=0.5, warmup_steps=4), 2)  # EMA: [6, 4]
+    warm.steps.assign(3.0)
+    warm.running_mean.assign([4.0, 8.0])
+    _combine(warm, [8.0, 0.0])
+    np.testing.assert_allclose(_np(warm.running_mean), [5.0, 6.0], rtol=1e-6)
+
+
 # -- RLW ----------------------------------------------------------------------
 
 

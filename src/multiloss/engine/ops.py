@@ -30,7 +30,7 @@ from keras import ops as _keras_ops
 
 __all__ = [
     "sum", "log", "exp", "sqrt", "abs", "sign", "relu", "softmax", "log_softmax",
-    "concatenate", "stack", "stop_gradient", "assign",
+    "concatenate", "stack", "where", "stop_gradient", "assign",
 ]
 
 if keras.backend.backend() == "torch":
@@ -43,5 +43,5 @@ else:
 
 (
     sum, log, exp, sqrt, abs, sign, relu, softmax, log_softmax,
-    concatenate, stack, stop_gradient, assign,
+    concatenate, stack, where, stop_gradient, assign,
 ) = (_functions[name] for name in __all__)

@@ -64,8 +64,8 @@ def check_float(owner, name, value, low=None, high=None, low_open=False, high_op
     return value
 
 
-def check_int(owner, name, value, low=0):
-    """`value` as an int >= low."""
+def check_int(owner, name, value, low=0, high=None):
+    """`value` as an int in [low, high]."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(
             f"{owner}({name}={value!r}): {name} must be an integer, got "
@@ -74,6 +74,8 @@ def check_int(owner, name, value, low=0):
     value = int(value)
     if value < low:
         raise ValueError(f"{owner}({name}={value!r}): {name} must be >= {low}.")
+    if high is not None and value > high:
+        raise ValueError(f"{owner}({name}={value!r}): {name} must be <= {high}.")
     return value
 
 

@@ -94,15 +94,15 @@ class RLW(Weighting):
         if training:
             # Before the assignment below, which torch makes in place.
             weights = step_ops.softmax(self.draw.value)
-            # What `seed_generator.next()` does, in three operations instead of
-            # five (a tensor built from numpy at every call): 23 -> 8 us a draw
-            # on torch, where each op of a step is paid in Python.
+            # What `seed_generator.next()` does, in fewer operations (it
+            # builds a tensor from numpy at every call): the draw takes the
+            # seed first, then the state moves on (in place on torch, where
+            # each op of a step is paid in Python).
             state = self.seed_generator.state
-            seed = state.value * 1
-            state.assign(seed + self._seed_increment)
-            step_ops.assign(
-                self.draw, keras.random.normal(ops.shape(losses), seed=_DrawnSeed(seed))
-            )
+            seed = state.value
+            draw = keras.random.normal(ops.shape(losses), seed=_DrawnSeed(seed))
+            step_ops.assign(state, seed + self._seed_increment)
+            step_ops.assign(self.draw, draw)
         else:
             weights = ops.full_like(losses, 1.0 / losses.shape[0])
         return step_ops.sum(weights * losses), weights

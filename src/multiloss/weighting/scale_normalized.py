@@ -9,10 +9,15 @@ from multiloss.weighting._common import (
     check_float,
     check_int,
     check_kwargs,
+    constant,
 )
 from multiloss.weighting.base import Weighting
 
 __all__ = ["ScaleNormalized"]
+
+# The step count is a float32 (no cast at each step): exact up to 2^24,
+# where it stops; the warm-up must end before.
+_MAX_WARMUP_STEPS = 2**24 - 1
 
 
 @register("scale_normalized")
@@ -48,7 +53,7 @@ class ScaleNormalized(Weighting):
 
     Args:
         decay: of the moving average, in [0, 1).
-        warmup_steps: steps of plain averaging (>= 0).
+        warmup_steps: steps of plain averaging (>= 0, < 2^24).
         epsilon: added to the mean before dividing (> 0).
 
     Example:
@@ -66,7 +71,9 @@ class ScaleNormalized(Weighting):
         owner = "ScaleNormalized"
         check_kwargs(owner, kwargs, ("decay", "warmup_steps", "epsilon"))
         decay = check_float(owner, "decay", decay, low=0.0, high=1.0, high_open=True)
-        warmup_steps = check_int(owner, "warmup_steps", warmup_steps, low=0)
+        warmup_steps = check_int(
+            owner, "warmup_steps", warmup_steps, low=0, high=_MAX_WARMUP_STEPS
+        )
         epsilon = check_float(owner, "epsilon", epsilon, low=0.0, low_open=True)
         super().__init__(name=name, **kwargs)
         self.decay = decay
@@ -76,7 +83,9 @@ class ScaleNormalized(Weighting):
     def build(self, input_shape):
         super().build(input_shape)
         self.running_mean = add_state(self, "running_mean", 0.0, (input_shape[0],))
-        self.steps = add_state(self, "steps", 0, (), dtype="int32")
+        # The training steps taken (exact to 2^24 steps, where it stays).
+        self.steps = add_state(self, "steps", 0.0, ())
+        self._ema_rate = constant(1.0 - self.decay)
 
     def combine(self, losses, training=True):
         return self._rule(losses, self.task_weights.value, training)
@@ -91,17 +100,13 @@ class ScaleNormalized(Weighting):
         steps = self.steps.value
         mean = self.running_mean.value
         if training:
-            steps = steps + 1
-            rate = ops.where(
-                steps <= self.warmup_steps,
-                1.0 / ops.cast(steps, "float32"),
-                1.0 - self.decay,
-            )
+            steps = steps + 1.0
+            rate = step_ops.where(steps <= self.warmup_steps, 1.0 / steps, self._ema_rate)
             mean = mean + rate * (observed - mean)
             step_ops.assign(self.running_mean, mean)
-            self.steps.assign(steps)
+            step_ops.assign(self.steps, steps)
         else:
-            mean = ops.where(steps > 0, mean, observed)
+            mean = step_ops.where(steps > 0, mean, observed)
         weights = fixed / (step_ops.abs(mean) + self.epsilon)
         return step_ops.sum(weights * losses), weights
 
