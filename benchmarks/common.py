@@ -138,14 +138,9 @@ def compiled_step(model, x, y, batch_size=256):
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
-        import jax.numpy as jnp
 
-        data = jax.tree_util.tree_map(jnp.asarray, batch)
-        step = jax.jit(model.train_step, donate_argnums=0)
-        groups = (model.trainable_variables, model.non_trainable_variables,
-                  model.optimizer.variables, model.metrics_variables)
-        # Copies: the donated state must not be the model's own buffers.
-        box = [tuple([jnp.array(v.value, copy=True) for v in group] for group in groups)]
+        step, state, data = jax_step(model, batch)
+        box = [state]
 
         def run(n):
             state = box[0]
@@ -173,6 +168,20 @@ def compiled_step(model, x, y, batch_size=256):
             model.train_step(data)
 
     return run
+
+
+def jax_step(model, batch):
+    """`(step, state, data)`: the model's train step jitted as Keras's JAX
+    trainer jits it (the state donated), a copy of the model's state (the
+    donated buffers must not be the model's own) and `batch` as JAX arrays."""
+    import jax
+    import jax.numpy as jnp
+
+    groups = (model.trainable_variables, model.non_trainable_variables,
+              model.optimizer.variables, model.metrics_variables)
+    state = tuple([jnp.array(v.value, copy=True) for v in group] for group in groups)
+    data = jax.tree_util.tree_map(jnp.asarray, batch)
+    return jax.jit(model.train_step, donate_argnums=0), state, data
 
 
 def pin_to_cores(cores):
