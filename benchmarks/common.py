@@ -255,6 +255,14 @@ def paired_ratios(rounds, baseline, confidence=0.9):
     return result
 
 
+def markdown_table(corner, headings, rows):
+    """The lines of a markdown table: `corner` heads the first column,
+    `headings` the others; `rows` are `(name, cells)` pairs."""
+    lines = [f"| {corner} | " + " | ".join(headings) + " |", "|---|" + "---|" * len(headings)]
+    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
+    return lines
+
+
 def paired_cell(entry):
     """A `paired_ratios` entry as a table cell: `median: ratio [low, high]`."""
     return (f"{entry['median_ms']:.0f}: {entry['ratio']:.3f} "

@@ -112,21 +112,21 @@ def worker(args):
     print(json.dumps(results))
 
 
+def _cell(counts):
+    return f"{counts['thunks']} / {counts['before_backward']} / {counts['chain']}"
+
+
 def table(result, tasks):
-    heading = " | ".join(f"K={k}: thunks / before backward / chain" for k in tasks)
     lines = [
         f"Measured {common.machine_line()}, jax {result['jax']}: kernels of the compiled "
         "train step (`jax_step_graph.py`).",
         "",
-        f"| method | {heading} |",
-        "|---|" + "---|" * len(tasks),
     ]
-    for name in result[str(tasks[0])]:
-        cells = []
-        for k in tasks:
-            c = result[str(k)][name]
-            cells.append(f"{c['thunks']} / {c['before_backward']} / {c['chain']}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += common.markdown_table(
+        "method",
+        [f"K={k}: thunks / before backward / chain" for k in tasks],
+        [(name, [_cell(result[str(k)][name]) for k in tasks]) for name in result[str(tasks[0])]],
+    )
     return "\n".join(lines)
 
 

@@ -141,12 +141,13 @@ def main():
         "50 jitted steps per variant. Each cell: the median us per step, then the median "
         "over rounds of the round's ratio to `static` with a 90% confidence interval of it.",
         "",
-        "| variant | " + " | ".join(f"{c} core(s), K={k}" for c, k in columns) + " |",
-        "|---|" + "---|" * len(columns),
     ]
-    for name in VARIANTS:
-        cells = [common.paired_cell(results[cores][k][name]) for cores, k in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += common.markdown_table(
+        "variant",
+        [f"{c} core(s), K={k}" for c, k in columns],
+        [(name, [common.paired_cell(results[cores][k][name]) for cores, k in columns])
+         for name in VARIANTS],
+    )
     common.report("\n".join(lines), args.out)
     return None
 

@@ -255,12 +255,13 @@ def compiled_step_table(results, args):
         "median us per step, then the median over rounds of the round's ratio to "
         "`static` with a 90% confidence interval of it.",
         "",
-        "| method | " + " | ".join(f"{b} K={k}" for b in results for k in results[b]) + " |",
-        "|---|" + "---|" * sum(len(per_k) for per_k in results.values()),
     ]
-    for name in args.methods:
-        cells = [common.paired_cell(per_k[k][name]) for per_k in results.values() for k in per_k]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += common.markdown_table(
+        "method",
+        [f"{b} K={k}" for b in results for k in results[b]],
+        [(name, [common.paired_cell(per_k[k][name]) for per_k in results.values() for k in per_k])
+         for name in args.methods],
+    )
     return "\n".join(lines)
 
 
@@ -270,12 +271,13 @@ def combine_cost_table(results, args):
         f"Measured {common.machine_line()}: CPU microseconds of one eager "
         f"`combine(losses, training=True)`, median of {args.rounds} rounds of 200 calls.",
         "",
-        "| method | " + " | ".join(f"{b} K={k}" for b in results for k in ks) + " |",
-        "|---|" + "---|" * (len(results) * len(ks)),
     ]
-    for name in args.methods:
-        cells = [f"{results[b][k][name]:.0f}" for b in results for k in ks]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += common.markdown_table(
+        "method",
+        [f"{b} K={k}" for b in results for k in ks],
+        [(name, [f"{results[b][k][name]:.0f}" for b in results for k in ks])
+         for name in args.methods],
+    )
     return "\n".join(lines)
 
 
@@ -335,12 +337,13 @@ def table(results, args):
                 "",
                 f"**{backend}, K={k}**",
                 "",
-                "| method | " + " | ".join(title for _, title in kinds) + " |",
-                "|---|" + "---|" * len(kinds),
             ]
-            for name in args.methods:
-                cells = [_cell(per_kind[kind][name]) for kind, _ in kinds]
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines += common.markdown_table(
+                "method",
+                [title for _, title in kinds],
+                [(name, [_cell(per_kind[kind][name]) for kind, _ in kinds])
+                 for name in args.methods],
+            )
     return "\n".join(lines)
 
 
