@@ -10,8 +10,10 @@ read this step's losses makes the whole backward pass wait for those
 reductions and for its own rule. Counting is deterministic, unlike the
 step's time on a shared 2-core machine, and tells these apart:
 
-- `thunks`: every kernel of the step (not parameters, tuples, bitcasts or
-  constants);
+- `thunks`: the kernels of the step's entry computation (not parameters,
+  tuples, bitcasts or constants); a `conditional` (the non-finite guard
+  around the optimizer's update) counts as one, its branches' kernels
+  not at all;
 - `before backward`: those the backward pass of the shared layers waits
   for (its first kernel's ancestors);
 - `chain`: the longest chain of dependent kernels in the step.
@@ -36,7 +38,10 @@ import weighting_overhead  # noqa: E402
 
 # Instructions that launch no kernel.
 _FREE = {"parameter", "get-tuple-element", "bitcast", "tuple", "constant"}
-_INSTRUCTION = re.compile(r"\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S+\s+([\w\-]+)\((.*)$")
+# `name = type opcode(operands), attributes`; a type may be a tuple.
+_INSTRUCTION = re.compile(
+    r"\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(?:\(.*?\)|\S+)\s+([\w\-]+)\((.*)$"
+)
 
 
 def parse_entry(hlo):
@@ -47,10 +52,11 @@ def parse_entry(hlo):
     graph = {}
     for line in entry.splitlines()[1:]:
         match = _INSTRUCTION.match(line)
-        if match:
-            name, opcode, rest = match.groups()
-            operands = rest.split(")", 1)[0]
-            graph[name] = (opcode, re.findall(r"%([\w.\-]+)", operands), line)
+        if match is None:
+            raise ValueError(f"not an HLO instruction: {line.strip()[:120]}")
+        name, opcode, rest = match.groups()
+        operands = rest.split(")", 1)[0]
+        graph[name] = (opcode, re.findall(r"%([\w.\-]+)", operands), line)
     return graph
 
 

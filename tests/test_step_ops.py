@@ -168,9 +168,22 @@ def test_where_equals_keras_where(branches):
     x1, x2 = (inputs[b] for b in branches)
     if branches[0] == "int32 tensor":
         x1 = ops.reshape(ops.convert_to_tensor(x1)[:4], (1, 4))
+    if branches == ["float32 tensor", "float32 tensor"]:
+        x2 = -ops.exp(x2)  # another tensor: a swap of the branches shows
     condition = ops.convert_to_tensor(_inputs()["float32 tensor"]) > 0
     _same("where", condition, x1, x2)
     _same("where", ops.cast(condition, "int32"), x1, x2)  # not a bool: keras.ops's path
+
+
+@torch_only
+def test_where_broadcasts_a_scalar_condition_as_keras_does():
+    # ScaleNormalized's evaluation: one step count for K means.
+    mean, observed = ops.convert_to_tensor([1.0, 2.0]), ops.convert_to_tensor([5.0, 7.0])
+    for steps in (0.0, 3.0):
+        condition = ops.convert_to_tensor(steps) > 0
+        _same("where", condition, mean, observed)
+        chosen = ops.convert_to_numpy(step_ops.where(condition, mean, observed))
+        np.testing.assert_array_equal(chosen, [1.0, 2.0] if steps else [5.0, 7.0])
 
 
 @torch_only

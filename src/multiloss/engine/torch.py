@@ -324,6 +324,7 @@ def _assign(variable, value):
         and isinstance(storage, torch.Tensor)
         and value.dtype is storage.dtype
         and value.shape == storage.shape
+        and value.device == storage.device
         and not _keras.in_stateless_scope()
     ):
         if storage.requires_grad:
