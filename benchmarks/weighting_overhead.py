@@ -203,7 +203,10 @@ def worker(args):
 def combine_cost(args):
     """CPU microseconds of one eager `combine(losses, training=True)` per
     method: what an eager step (torch's) pays for the balancer itself.
-    TensorFlow and JAX compile it into the step, where it costs less."""
+    TensorFlow and JAX compile it into the step, where it costs less. On
+    torch the losses require a gradient, as in a step, where the operations
+    on them are also recorded for the backward pass (runs 25 and 31 of
+    BENCHMARKS.md: FAMO 88 us without, 98 with)."""
     import keras
     import numpy as np
 
@@ -212,6 +215,8 @@ def combine_cost(args):
     results = {}
     for k in args.tasks:
         losses = keras.ops.convert_to_tensor(np.linspace(0.5, 2.0, k).astype("float32"))
+        if keras.backend.backend() == "torch":
+            losses.requires_grad_(True)
         balancers = {}
         for name in args.methods:
             balancer = multiloss.balancer.get(_balancer(name))
