@@ -2,8 +2,8 @@
 dtypes for float32 tensors (torch's direct calls) and for every other
 argument (`keras.ops` itself).
 
-On TensorFlow and JAX the functions are `keras.ops`'s own and `assign` is
-`keras.Variable.assign` (the first test says so); comparing them with
+On TensorFlow and JAX the functions are `keras.ops`'s own and `assign` and
+`assign_add` are `keras.Variable`'s (the first test says so); comparing them with
 themselves could not fail, so the comparisons run on torch only."""
 
 import keras
@@ -24,10 +24,11 @@ torch_only = pytest.mark.skipif(
 @pytest.mark.skipif(BACKEND == "torch", reason="torch has its own functions: compared below")
 def test_engine_ops_are_keras_ops_where_the_step_is_traced():
     for name in step_ops.__all__:
-        if name == "assign":
+        if name in ("assign", "assign_add"):
             continue
         assert getattr(step_ops, name) is getattr(ops, name), name
     assert step_ops.assign is keras.Variable.assign
+    assert step_ops.assign_add is keras.Variable.assign_add
 
 
 def _inputs():
@@ -202,6 +203,22 @@ def test_assign_equals_keras_assign(kind):
     _same_value(counter.value, expected.value)
     step_ops.assign(counter, ops.convert_to_tensor(7, "int32"))  # the copy's own path
     expected.assign(ops.convert_to_tensor(7, "int32"))
+    _same_value(counter.value, expected.value)
+
+
+@torch_only
+@pytest.mark.parametrize("kind", ["float32 tensor", "float16 tensor", "float64 numpy"])
+def test_assign_add_equals_keras_assign_add(kind):
+    value = _inputs()[kind]
+    start = np.arange(12, dtype="float32").reshape(3, 4)
+    ours, theirs = keras.Variable(start), keras.Variable(start)
+    step_ops.assign_add(ours, value)
+    theirs.assign_add(value)
+    _same_value(ours.value, theirs.value)
+    counter = keras.Variable(3.0, trainable=False)
+    expected = keras.Variable(3.0, trainable=False)
+    step_ops.assign_add(counter, 1.0)  # a Python number, as DWA's step count
+    expected.assign_add(1.0)
     _same_value(counter.value, expected.value)
 
 

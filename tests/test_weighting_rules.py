@@ -399,7 +399,7 @@ def test_scale_normalized_step_count_stops_at_2_to_the_24_and_the_average_stays_
     balancer = _built(W.ScaleNormalized(decay=0.75, warmup_steps=2**24 - 1), 2)
     balancer.steps.assign(2.0**24 - 1)
     balancer.running_mean.assign([4.0, 8.0])
-    for step, losses in enumerate(([8.0, 0.0], [0.0, 16.0])):
+    for losses in ([8.0, 0.0], [0.0, 16.0]):
         before = _np(balancer.running_mean)
         _combine(balancer, losses)
         np.testing.assert_allclose(

@@ -9,8 +9,9 @@ costs more than the operations: FAMO's rule took 157 us through
 `keras.ops` and 83 us in the same torch calls (2 cores, K=2). There each
 function calls torch directly when its tensor arguments are float32 and
 `keras.ops` otherwise (`multiloss.engine.torch.step_ops`). `assign(variable,
-value)` is `variable.assign(value)`, likewise (8.8 us through Keras on
-torch, of which the copy takes 0.3).
+value)` is `variable.assign(value)` and `assign_add(variable, value)`
+`variable.assign_add(value)`, likewise (8.8 us through Keras on torch, of
+which the copy takes 0.3).
 
 Balancers stay backend-free: they call `multiloss.engine.ops` for these
 functions and `keras.ops` for the rest.
@@ -30,18 +31,22 @@ from keras import ops as _keras_ops
 
 __all__ = [
     "sum", "log", "exp", "sqrt", "abs", "sign", "relu", "softmax", "log_softmax",
-    "concatenate", "stack", "where", "stop_gradient", "assign",
+    "concatenate", "stack", "where", "stop_gradient", "assign", "assign_add",
 ]
+
+_VARIABLE_METHODS = ("assign", "assign_add")
 
 if keras.backend.backend() == "torch":
     from multiloss.engine.torch import step_ops as _step_ops
 
     _functions = _step_ops()
 else:
-    _functions = {name: getattr(_keras_ops, name) for name in __all__ if name != "assign"}
-    _functions["assign"] = keras.Variable.assign
+    _functions = {
+        name: getattr(keras.Variable if name in _VARIABLE_METHODS else _keras_ops, name)
+        for name in __all__
+    }
 
 (
     sum, log, exp, sqrt, abs, sign, relu, softmax, log_softmax,
-    concatenate, stack, where, stop_gradient, assign,
+    concatenate, stack, where, stop_gradient, assign, assign_add,
 ) = (_functions[name] for name in __all__)

@@ -336,6 +336,14 @@ def _assign(variable, value):
     return variable.assign(value)
 
 
+def _assign_add(variable, value):
+    # A torch tensor or a Python number adds with torch's own operator; a
+    # numpy array would take over `+` itself: Keras's path.
+    if isinstance(value, (torch.Tensor, float, int)):
+        return _assign(variable, variable.value + value)
+    return variable.assign_add(value)
+
+
 def step_ops():
     """The functions of `multiloss.engine.ops` on torch, by name."""
     return {
@@ -352,5 +360,6 @@ def step_ops():
         "stack": _fast(torch.stack, ops.stack, takes="tensors"),
         "where": _where,
         "assign": _assign,
+        "assign_add": _assign_add,
         "stop_gradient": _stop_gradient,
     }

@@ -83,12 +83,8 @@ class DWA(Weighting):
         return super().combine(losses, training=training)
 
     def _observe(self, losses):
-        # engine.ops's assign of `.value + x`, not `assign_add`: on torch a
-        # Keras assign costs 30 times its copy.
-        step_ops.assign(
-            self.epoch_loss_sum, self.epoch_loss_sum.value + step_ops.stop_gradient(losses)
-        )
-        step_ops.assign(self.epoch_steps, self.epoch_steps.value + 1.0)
+        step_ops.assign_add(self.epoch_loss_sum, step_ops.stop_gradient(losses))
+        step_ops.assign_add(self.epoch_steps, 1.0)
 
     def balance(self, losses, training=True):
         weights = self.dwa_weights.value

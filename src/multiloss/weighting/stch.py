@@ -176,9 +176,7 @@ class STCH(Weighting):
         phase = self.phase.value
         if training:
             gather = phase[0]
-            step_ops.assign(
-                self.nadir_sums, self.nadir_sums.value + gather * shifted ** self._sum_powers
-            )
+            step_ops.assign_add(self.nadir_sums, gather * shifted ** self._sum_powers)
         # One formula for both phases, selected by products with the phase
         # entries (not ops.where or ops.cond: a few cheap ops in every
         # backend, eager or compiled): the scale is 1 until the STCH phase,
