@@ -134,7 +134,7 @@ def compiled_step(model, x, y, batch_size=256):
     import keras
     import numpy as np
 
-    batch = (x[:batch_size], {name: value[:batch_size] for name, value in y.items()})
+    batch = first_batch(x, y, batch_size)
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
@@ -168,6 +168,11 @@ def compiled_step(model, x, y, batch_size=256):
             model.train_step(data)
 
     return run
+
+
+def first_batch(x, y, batch_size=256):
+    """`(x, y)`'s first batch, `y` a dict of outputs."""
+    return x[:batch_size], {name: value[:batch_size] for name, value in y.items()}
 
 
 def jax_step(model, batch):
