@@ -77,10 +77,7 @@ def main():
                 f"{row['keras.Model again']['ratio']:.3f} |"
             )
     table = "\n".join(lines)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n")
+    common.report(table, args.out)
 
 
 if __name__ == "__main__":

@@ -164,10 +164,7 @@ def main():
                     f"| {backend} | {k} | {name} | {row['median_ms']:.2f} | {row['ratio']:.2f} |"
                 )
     table = "\n".join(lines)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n")
+    common.report(table, args.out)
 
 
 if __name__ == "__main__":
