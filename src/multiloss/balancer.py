@@ -91,7 +91,8 @@ class Balancer(keras.layers.Layer):
       solver's count of non-converged steps), read inside the step, logged
       as their latest value;
     - `step_variables()`: the state a training step assigns (default: all
-      non-trainable variables), which a skipped step restores.
+      non-trainable variables but `task_weights`), which a skipped step
+      restores.
     """
 
     log_names = ()
@@ -105,9 +106,12 @@ class Balancer(keras.layers.Layer):
 
     def step_variables(self):
         """The non-trainable variables a training step may assign, which a
-        skipped step puts back: all of them unless a rule says which (one
-        whose state changes between steps spares the step that work)."""
-        return list(self.non_trainable_variables)
+        skipped step puts back: all of them but `task_weights` (changed
+        between steps only) unless a rule says which (one whose state
+        changes between steps spares the step that work: torch copies each
+        of these at every step)."""
+        fixed = id(getattr(self, "task_weights", None))
+        return [v for v in self.non_trainable_variables if id(v) != fixed]
 
     def build(self, input_shape):
         if len(input_shape) != 1 or input_shape[0] is None or input_shape[0] < 1:

@@ -75,6 +75,9 @@ class DWA(Weighting):
         self.epochs_seen = add_state(self, "epochs_seen", 0, (), dtype="int32")
         self.dwa_weights = add_state(self, "dwa_weights", 1.0, (k,))
 
+    def step_variables(self):
+        return [self.epoch_loss_sum, self.epoch_steps]  # the rest changes between epochs
+
     def combine(self, losses, training=True):
         if training:
             # The unweighted losses: a change of the fixed weights between

@@ -122,6 +122,9 @@ class MetricDriven(Weighting):
         super().build(input_shape)
         self.metric_weights = add_state(self, "metric_weights", 1.0, (input_shape[0],))
 
+    def step_variables(self):
+        return []  # the weights change between epochs only
+
     def balance(self, losses, training=True):
         weights = self.metric_weights.value
         return step_ops.sum(weights * losses), weights
