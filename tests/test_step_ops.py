@@ -220,18 +220,25 @@ def test_assign_add_equals_keras_assign_add(kind):
     step_ops.assign_add(counter, 1.0)  # a Python number, as DWA's step count
     expected.assign_add(1.0)
     _same_value(counter.value, expected.value)
+    count = keras.Variable(3, dtype="int32", trainable=False)
+    expected_count = keras.Variable(3, dtype="int32", trainable=False)
+    step_ops.assign_add(count, 2)
+    expected_count.assign_add(2)
+    _same_value(count.value, expected_count.value)
 
 
 @torch_only
 @pytest.mark.parametrize("trainable", [False, True])
-def test_assign_of_a_value_with_a_gradient_keeps_the_variable_a_leaf(trainable):
+@pytest.mark.parametrize("method", ["assign", "assign_add"])
+def test_assign_of_a_value_with_a_gradient_keeps_the_variable_a_leaf(method, trainable):
     import torch
 
-    variable = keras.Variable(np.zeros((2,), "float32"), trainable=trainable)
+    variable = keras.Variable(np.ones((2,), "float32"), trainable=trainable)
     source = torch.tensor([1.0, 2.0], requires_grad=True)
-    step_ops.assign(variable, source * 3)
+    getattr(step_ops, method)(variable, source * 3)
     stored = variable.value
-    np.testing.assert_array_equal(ops.convert_to_numpy(stored), [3.0, 6.0])
+    expected = [3.0, 6.0] if method == "assign" else [4.0, 7.0]
+    np.testing.assert_array_equal(ops.convert_to_numpy(stored), expected)
     assert stored.grad_fn is None
     assert stored.requires_grad is trainable
 
@@ -253,4 +260,10 @@ def test_assign_in_a_stateless_scope_is_recorded_not_made():
         step_ops.assign(variable, ops.convert_to_tensor([5.0, 6.0]))
         recorded = scope.get_current_value(variable)
     np.testing.assert_array_equal(ops.convert_to_numpy(recorded), [5.0, 6.0])
+    for added in (ops.convert_to_tensor([5.0, 6.0]), 2.0):
+        with keras.StatelessScope() as scope:
+            step_ops.assign_add(variable, added)
+            recorded = scope.get_current_value(variable)
+        expected = 1.0 + np.broadcast_to(ops.convert_to_numpy(added), (2,))
+        np.testing.assert_array_equal(ops.convert_to_numpy(recorded), expected)
     np.testing.assert_array_equal(ops.convert_to_numpy(variable), [1.0, 1.0])

@@ -55,6 +55,19 @@ def _apply_or_restore(model, grads, variables, finite, saved):
     return None, False
 
 
+def _snapshot(model):
+    """`(variable, copy of its value)` for the state a skipped step puts
+    back. The copy is taken from the storage: `.value` costs 2 us more per
+    Variable, paid at every step."""
+    saved = []
+    for variable in model._step_state():
+        storage = getattr(variable, "_value", None)
+        if not isinstance(storage, torch.Tensor):
+            storage = variable.value
+        saved.append((variable, storage.detach().clone()))
+    return saved
+
+
 def _loss_step_finite(losses, grads, check_gradients):
     """`common.loss_step_finite` in torch calls: the same flags, without
     Keras's per-op conversions, which cost more than the sums themselves in
@@ -73,10 +86,7 @@ def _loss_step_finite(losses, grads, check_gradients):
 def train_step(model, data):
     x, y, sample_weight = unpack_x_y_sample_weight(data)
     options = model._step_options
-    saved = (
-        [(v, v.value.detach().clone()) for v in model._step_state()]
-        if options.guards else None
-    )
+    saved = _snapshot(model) if options.guards else None
     scale = common.loss_scale(model.optimizer)
     y_pred = model._training_call(x)
     model.zero_grad()
@@ -126,10 +136,7 @@ def representation_train_step(model, data):
     x, y, sample_weight = unpack_x_y_sample_weight(data)
     options = model._step_options
     trunk, heads = model._representation.trunk, model._representation.heads
-    saved = (
-        [(v, v.value.detach().clone()) for v in model._step_state()]
-        if options.guards else None
-    )
+    saved = _snapshot(model) if options.guards else None
     scale = common.loss_scale(model.optimizer)
     z = trunk(x, training=True)
     y_pred = heads(z, training=True)
@@ -313,11 +320,11 @@ def _stop_gradient(x):
     return x.detach() if isinstance(x, torch.Tensor) else ops.stop_gradient(x)
 
 
-def _assign(variable, value):
-    # What Keras's torch Variable does once it has converted and checked the
-    # value (8.8 us in all, 10.7 for an int32 one; the copy itself 0.3),
-    # into its storage `_value` (reading `.value` costs 1.9 us). A JAX-style
-    # stateless call records the assignment instead: Keras's own path.
+def _storage(variable, value):
+    """The Variable's torch storage if `value` (a tensor) can be written
+    into it as it is: same dtype, shape and device, outside a JAX-style
+    stateless call (which records assignments: Keras's own path); else
+    None."""
     storage = getattr(variable, "_value", None)
     if (
         isinstance(value, torch.Tensor)
@@ -327,21 +334,42 @@ def _assign(variable, value):
         and value.device == storage.device
         and not _keras.in_stateless_scope()
     ):
-        if storage.requires_grad:
-            with torch.no_grad():
-                storage.copy_(value)
-        else:
-            storage.copy_(value.detach())
-        return value
-    return variable.assign(value)
+        return storage
+    return None
+
+
+def _assign(variable, value):
+    # What Keras's torch Variable does once it has converted and checked the
+    # value (8.8 us in all, 10.7 for an int32 one; the copy itself 0.3),
+    # into its storage `_value` (reading `.value` costs 1.9 us).
+    storage = _storage(variable, value)
+    if storage is None:
+        return variable.assign(value)
+    if storage.requires_grad:
+        with torch.no_grad():
+            storage.copy_(value)
+    else:
+        storage.copy_(value.detach())
+    return value
 
 
 def _assign_add(variable, value):
-    # A torch tensor or a Python number adds with torch's own operator; a
-    # numpy array would take over `+` itself: Keras's path.
-    if isinstance(value, (torch.Tensor, float, int)):
-        return _assign(variable, variable.value + value)
-    return variable.assign_add(value)
+    # In place into the storage, as `_assign` (no read of `.value`). A
+    # Python number is added as it is to a float Variable; a numpy array or
+    # anything else: Keras's path.
+    storage = getattr(variable, "_value", None)
+    if not (
+        isinstance(value, (float, int))
+        and isinstance(storage, torch.Tensor)
+        and storage.is_floating_point()
+        and not _keras.in_stateless_scope()
+    ):
+        storage = _storage(variable, value)
+    if storage is None:
+        return variable.assign_add(value)
+    with torch.no_grad():
+        storage.add_(value)
+    return storage
 
 
 def step_ops():
