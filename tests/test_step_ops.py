@@ -225,6 +225,9 @@ def test_assign_add_equals_keras_assign_add(kind):
     step_ops.assign_add(count, 2)
     expected_count.assign_add(2)
     _same_value(count.value, expected_count.value)
+    step_ops.assign_add(count, 2.5)  # torch's add_ would refuse a float into an int
+    expected_count.assign_add(2.5)
+    _same_value(count.value, expected_count.value)
 
 
 @torch_only

@@ -110,8 +110,8 @@ class Balancer(keras.layers.Layer):
         between steps only) unless a rule says which (one whose state
         changes between steps spares the step that work: torch copies each
         of these at every step)."""
-        fixed = id(getattr(self, "task_weights", None))
-        return [v for v in self.non_trainable_variables if id(v) != fixed]
+        fixed = getattr(self, "task_weights", None)
+        return [v for v in self.non_trainable_variables if v is not fixed]
 
     def build(self, input_shape):
         if len(input_shape) != 1 or input_shape[0] is None or input_shape[0] < 1:

@@ -11,8 +11,8 @@ function calls torch directly when its tensor arguments are float32 and
 `keras.ops` otherwise (`multiloss.engine.torch.step_ops`). `assign(variable,
 value)` is `variable.assign(value)` and `assign_add(variable, value)`
 `variable.assign_add(value)`, likewise (8.8 us through Keras on torch, of
-which the copy takes 0.3); call them for their effect: on torch,
-`assign_add` may return the Variable's own storage.
+which the copy takes 0.3); call them for their effect: what they return
+differs between backends (on torch, `assign_add` returns nothing).
 
 Balancers stay backend-free: they call `multiloss.engine.ops` for these
 functions and `keras.ops` for the rest.

@@ -320,22 +320,23 @@ def _stop_gradient(x):
     return x.detach() if isinstance(x, torch.Tensor) else ops.stop_gradient(x)
 
 
-def _storage(variable, value):
-    """The Variable's torch storage if `value` (a tensor) can be written
-    into it as it is: same dtype, shape and device, outside a JAX-style
-    stateless call (which records assignments: Keras's own path); else
-    None."""
+def _storage(variable, value, numbers=False):
+    """The Variable's torch storage if `value` can be written into it as it
+    is: a tensor of its dtype, shape and device (or, with `numbers`, a
+    Python number into a float Variable), outside a JAX-style stateless
+    call (which records assignments: Keras's own path); else None."""
     storage = getattr(variable, "_value", None)
-    if (
-        isinstance(value, torch.Tensor)
-        and isinstance(storage, torch.Tensor)
-        and value.dtype is storage.dtype
-        and value.shape == storage.shape
-        and value.device == storage.device
-        and not _keras.in_stateless_scope()
-    ):
-        return storage
-    return None
+    if not isinstance(storage, torch.Tensor) or _keras.in_stateless_scope():
+        return None
+    if isinstance(value, torch.Tensor):
+        fits = (
+            value.dtype is storage.dtype
+            and value.shape == storage.shape
+            and value.device == storage.device
+        )
+    else:
+        fits = numbers and isinstance(value, (float, int)) and storage.is_floating_point()
+    return storage if fits else None
 
 
 def _assign(variable, value):
@@ -354,22 +355,15 @@ def _assign(variable, value):
 
 
 def _assign_add(variable, value):
-    # In place into the storage, as `_assign` (no read of `.value`). A
-    # Python number is added as it is to a float Variable; a numpy array or
-    # anything else: Keras's path.
-    storage = getattr(variable, "_value", None)
-    if not (
-        isinstance(value, (float, int))
-        and isinstance(storage, torch.Tensor)
-        and storage.is_floating_point()
-        and not _keras.in_stateless_scope()
-    ):
-        storage = _storage(variable, value)
+    # In place into the storage, as `_assign` (no read of `.value`); a
+    # numpy array, another dtype or shape: Keras's path. Returns nothing
+    # (not the live storage, which later steps change).
+    storage = _storage(variable, value, numbers=True)
     if storage is None:
-        return variable.assign_add(value)
+        variable.assign_add(value)
+        return
     with torch.no_grad():
         storage.add_(value)
-    return storage
 
 
 def step_ops():

@@ -30,9 +30,6 @@ class Static(Weighting):
     ```
     """
 
-    def step_variables(self):
-        return []  # the weights change between steps only
-
     def combine(self, losses, training=True):
         fixed = self.task_weights.value
         # `+ 0.0`: a tensor of its own, not torch's Variable storage, which a
